@@ -231,11 +231,17 @@ def config_cmd(config_path: str | None, **flags: Any) -> None:
 
 
 def _register_optional() -> None:
+    """Sub-commands that live beside their feature (benchmarks, reports)."""
     try:
         from .eval.cli_bench import bench
-    except ImportError:
-        return
-    main.add_command(bench)
+    except ImportError:  # the benchmark module needs the [bench] extra (diffusers)
+        bench = None
+    if bench is not None:
+        main.add_command(bench)
+    from .report.cli import explain_cmd, report_cmd
+
+    main.add_command(explain_cmd)
+    main.add_command(report_cmd)
 
 
 _register_optional()

@@ -105,8 +105,9 @@ def to_nchw(arr: np.ndarray, what: str = "images") -> np.ndarray:
     if arr.ndim == 3:  # (N, H, W) grayscale
         arr = arr[:, None]
     elif arr.ndim == 4:
+        # Channels-last is recognised only when unambiguous (axis 1 cannot be a channel axis).
         if arr.shape[-1] in (1, 3, 4) and arr.shape[1] not in (1, 3, 4):
-            arr = np.moveaxis(arr, -1, 1)  # channels-last → channels-first
+            arr = np.moveaxis(arr, -1, 1)
     else:
         raise NDAError(
             f"{what}: expected a batch of images (N, C, H, W), (N, H, W, C) or (N, H, W); got shape "
@@ -156,7 +157,7 @@ def _load_path(path: Path, what: str) -> ImageSet:
                 f"{what}: images in {path} differ in size/channels ({files[0].name} is {first} (H, W, C), "
                 f"{odd} is not); resize them to one size and mode"
             )
-        return ImageSet(to_nchw(np.stack(arrays), what), tuple(p.name for p in files), str(path))
+        return ImageSet(to_nchw(np.moveaxis(np.stack(arrays), -1, 1), what), tuple(p.name for p in files), str(path))
     suffix = path.suffix.lower()
     if suffix == ".npy":
         try:
@@ -184,7 +185,7 @@ def _load_path(path: Path, what: str) -> ImageSet:
             raise NDAError(f"{what}: {path} has {len(names)} names for {images.shape[0]} images")
         return ImageSet(images, names, str(path))
     if suffix in IMAGE_SUFFIXES:
-        return ImageSet(to_nchw(_read_image(path, what)[None], what), (path.name,), str(path))
+        return ImageSet(to_nchw(np.moveaxis(_read_image(path, what), -1, 0)[None], what), (path.name,), str(path))
     raise NDAError(
         f"{what}: don't know how to read {path}; give a folder of images, an image file, .npy or .npz"
     )
