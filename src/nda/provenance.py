@@ -34,6 +34,7 @@ equally over the 4 pixels around its centre, so every map still sums to the scor
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -283,7 +284,7 @@ def explain(train: Any, query: Any, config: NDAConfig | None = None, *, images: 
     """
     index = train if isinstance(train, NDAIndex) else NDAIndex.build(train, config, **overrides)
     cfg = index.config
-    qset = _one_query(query)
+    qset = _one_query(query, index.train.shape)
     check_compatible(index.train, qset)
     if k < 1 or r < 1 or m < 0:
         raise NDAError(f"need k ≥ 1, r ≥ 1 and m ≥ 0; got k={k}, r={r}, m={m}")
@@ -298,7 +299,15 @@ def explain(train: Any, query: Any, config: NDAConfig | None = None, *, images: 
     raw = []
     for step in steps:
         x_t, z = _noised(q, train_t, step)
-        sums, lse = engine.position_step(x_t, z, 1.0 - step.alpha_bar, step.scale, cfg.topk, cfg.border)
+        try:
+            sums, lse = engine.position_step(x_t, z, 1.0 - step.alpha_bar, step.scale, cfg.topk, cfg.border)
+        except NotImplementedError:
+            if engine.name == "conv":
+                raise
+            warnings.warn(f"engine {engine.name!r} gives no per-position detail; using the conv engine "
+                          "(same definition, same dtype) for the provenance", RuntimeWarning, stacklevel=2)
+            engine = make_engine("conv", cfg.torch_dtype(), cfg.resolved_device(), cfg.memory_budget_mb)
+            sums, lse = engine.position_step(x_t, z, 1.0 - step.alpha_bar, step.scale, cfg.topk, cfg.border)
         g = cfg.gamma_at(step.t)
         coef = (g if step.scale.block == 1 else 1.0 - g) / T
         raw.append((step, coef, sums.to(torch.float64).cpu().numpy(), lse.to(torch.float64).cpu().numpy()))
@@ -343,11 +352,12 @@ def explain(train: Any, query: Any, config: NDAConfig | None = None, *, images: 
     )
 
 
-def _one_query(query: Any) -> ImageSet:
+def _one_query(query: Any, shape: tuple[int, int, int]) -> ImageSet:
+    """One query image; a bare (C, H, W) (or (H, W) when C = 1) array is one image, not a batch."""
     if isinstance(query, ImageSet):
         qset = query
-    elif isinstance(query, (np.ndarray, torch.Tensor)) and query.ndim == 3 and query.shape[0] in (1, 3, 4) \
-            and query.shape[-1] not in (1, 3, 4):
+    elif isinstance(query, (np.ndarray, torch.Tensor)) and (
+            tuple(query.shape) == tuple(shape) or (query.ndim == 2 and shape[0] == 1)):
         qset = load_images(query[None], what="query")
     else:
         qset = load_images(query, what="query")

@@ -7,9 +7,10 @@ import torch
 from ..errors import NDAError
 from .base import Engine, Scale, Step
 from .conv import ConvEngine
+from .fast import FastEngine
 from .reference import ReferenceEngine
 
-ENGINES: dict[str, type[Engine]] = {"reference": ReferenceEngine, "conv": ConvEngine}
+ENGINES: dict[str, type[Engine]] = {"reference": ReferenceEngine, "conv": ConvEngine, "fast": FastEngine}
 
 
 def make_engine(name: str, dtype: torch.dtype, device: torch.device, memory_budget_mb: int) -> Engine:
@@ -22,4 +23,4 @@ def make_engine(name: str, dtype: torch.dtype, device: torch.device, memory_budg
     return ENGINES[name](dtype=dt, device=device, memory_budget_mb=memory_budget_mb)
 
 
-__all__ = ["Engine", "Scale", "Step", "ENGINES", "make_engine", "ConvEngine", "ReferenceEngine"]
+__all__ = ["Engine", "Scale", "Step", "ENGINES", "make_engine", "ConvEngine", "FastEngine", "ReferenceEngine"]

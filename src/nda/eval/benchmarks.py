@@ -60,7 +60,7 @@ class BenchmarkSpec:
     n_gen_calib: int = 50
     gen_seed_base: int = 10_000  # gen image i: seed gen_seed_base + i
     calib_gen_seed_base: int = 20_000  # generated calib image i: seed calib_gen_seed_base + i
-    ddim_steps: int = 50
+    sampler: str = "ddpm"  # "ddpm" (ancestral, 1000 steps) or "ddim<K>" (η = 0, K steps)
     commit_full_model_max_bytes: int = 4 * 2**20
     default_work: str = ""  # default dir for model weights ('' -> runs/<name>)
 
@@ -239,6 +239,35 @@ def _measure_all(model, spec: BenchmarkSpec, queries: dict) -> dict:
     return out
 
 
+def _nn_label(x: np.ndarray, train: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Label of each image's nearest training image (pixel L2): a rough class of generated images."""
+    if not len(x):
+        return np.zeros(0, dtype=np.int64)
+    a, t = x.reshape(len(x), -1).astype(np.float64), train.reshape(len(train), -1).astype(np.float64)
+    d = (a * a).sum(1)[:, None] + (t * t).sum(1)[None] - 2 * a @ t.T
+    return labels[d.argmin(1)].astype(np.int64)
+
+
+def _sampler_doc(sampler: str) -> str:
+    if sampler == "ddpm":
+        return "ancestral DDPM, all 1000 steps, x0 clipped to [-1,1], fixed-small variance (nda.eval.diffusion.sample_ddpm)"
+    if sampler.startswith("ddim"):
+        return f"DDIM eta=0, {int(sampler[4:])} steps, clip_sample=True, leading spacing (nda.eval.diffusion.sample_ddim)"
+    raise ValueError(f"unknown sampler {sampler!r}")
+
+
+def _sample(model, sampler: str, seeds) -> np.ndarray:
+    from . import diffusion as D
+
+    if not len(seeds):
+        return np.zeros((0, model.config.in_channels, model.config.sample_size, model.config.sample_size), np.float32)
+    if sampler == "ddpm":
+        return D.sample_ddpm(model, seeds)
+    if sampler.startswith("ddim"):
+        return D.sample_ddim(model, seeds, int(sampler[4:]))
+    raise ValueError(f"unknown sampler {sampler!r}")
+
+
 def _log(msg: str, stream=None) -> None:
     stream = stream or sys.stdout
     print(f"[{_dt.datetime.now().strftime('%Y-%m-%d %H:%M:%S')}] {msg}", file=stream, flush=True)
@@ -328,10 +357,11 @@ def build(
                 "by_t_buckets": f"<split>_by_t: loss averaged over {N_BUCKETS} consecutive groups of the timesteps",
             },
             "generation": {
-                "sampler": f"DDIM eta=0, {spec.ddim_steps} steps, clip_sample=True, leading spacing",
+                "sampler": _sampler_doc(spec.sampler),
                 "gen_seeds": f"{spec.gen_seed_base} + i, i < {spec.n_gen}",
                 "calib_gen_seeds": f"{spec.calib_gen_seed_base} + i, i < {spec.n_gen_calib}",
-                "initial_noise": "torch.randn((C,H,W), generator=Generator('cpu').manual_seed(seed))",
+                "noise": "per image Generator('cpu').manual_seed(seed): initial randn((C,H,W)), then (DDPM) one randn((C,H,W)) per step",
+                "nn_label_counts": gen_counts,
             },
             "data": {
                 "n_train": int(len(train_x)),
@@ -404,15 +434,17 @@ def build(
             trained_now += 1
     if need_gen:
         t0 = time.perf_counter()
-        gen = D.sample_ddim(full_model, [spec.gen_seed_base + i for i in range(spec.n_gen)], spec.ddim_steps)
-        cgen = D.sample_ddim(full_model, [spec.calib_gen_seed_base + i for i in range(spec.n_gen_calib)], spec.ddim_steps)
+        gen = _sample(full_model, spec.sampler, [spec.gen_seed_base + i for i in range(spec.n_gen)])
+        cgen = _sample(full_model, spec.sampler, [spec.calib_gen_seed_base + i for i in range(spec.n_gen_calib)])
         _atomic_savez(
             gpath,
             gen=gen,
             calib_gen=cgen,
             gen_seeds=np.arange(spec.n_gen) + spec.gen_seed_base,
             calib_gen_seeds=np.arange(spec.n_gen_calib) + spec.calib_gen_seed_base,
-            meta=np.array(json.dumps({**meta_common, "sampler": f"ddim{spec.ddim_steps}"})),
+            gen_nn_label=_nn_label(gen, train_x, labels),
+            calib_gen_nn_label=_nn_label(cgen, train_x, labels),
+            meta=np.array(json.dumps({**meta_common, "sampler": spec.sampler})),
         )
         timings["generate_s"] = round(time.perf_counter() - t0, 2)
         _log(f"{spec.name}: generated {spec.n_gen}+{spec.n_gen_calib} queries in {timings['generate_s']}s")
@@ -420,6 +452,12 @@ def build(
     if gpath.exists():
         with np.load(gpath, allow_pickle=False) as d:
             generated = {"gen": d["gen"], "calib_gen": d["calib_gen"]}
+    gen_counts = {}
+    if gpath.exists():
+        with np.load(gpath, allow_pickle=False) as d:
+            for k in ("gen_nn_label", "calib_gen_nn_label"):
+                if k in d.files:
+                    gen_counts[k.replace("_nn_label", "")] = np.bincount(d[k], minlength=int(labels.max()) + 1).tolist()
     queries = _queries(spec, real, generated)
     query_sizes = {k: len(v) for k, v in queries.items()}
     qsha = {k: _sha(v) for k, v in queries.items()}
@@ -465,7 +503,7 @@ def build(
             "subset": m,
             "seed": int(seed),
             "n_train": int(len(train_x) if m is None else subsets[m].sum()),
-            "train_seconds": round(info.get("train_seconds", timings.get("full_s0_train_s", float("nan"))), 2),
+            "train_seconds": round(info["train_seconds"], 2) if info else timings.get("full_s0_train_s"),
             "measure_seconds": round(t2 - t1, 2),
             "final_train_loss_avg100": info.get("final_loss_avg100"),
             "query_sha": qsha,

@@ -6,7 +6,8 @@ Everything here is used by the LDS benchmarks (:mod:`nda.eval.benchmarks`):
 * :func:`make_model` -- a diffusers ``UNet2DModel`` built from a config with a fixed init seed;
 * :func:`train` -- ``steps`` AdamW steps of the ε-prediction loss (DDPM, linear betas
   1e-4..0.02, 1000 steps), a fixed step count whatever the data size;
-* :func:`sample_ddim` -- DDIM (η = 0, 50 steps by default) with one seed per image;
+* :func:`sample_ddpm` -- ancestral DDPM (1000 steps), one seed per image (:func:`sample_ddim`:
+  DDIM η = 0, kept for comparison);
 * :func:`measure_outputs` -- the LDS model output: the per-sample ε-MSE averaged over timesteps and
   noise seeds.
 
@@ -264,6 +265,44 @@ def sample_ddim(model, seeds: Sequence[int], n_steps: int = 50, shape=None, batc
             tt = torch.full((x.shape[0],), int(t), dtype=torch.long)
             eps = model(x, tt).sample
             x = sched.step(eps, t, x, eta=0.0).prev_sample
+        outs.append(x.clamp(-1, 1))
+    return torch.cat(outs).numpy().astype(np.float32)
+
+
+@torch.no_grad()
+def sample_ddpm(model, seeds: Sequence[int], shape=None, batch_size: int = 256) -> np.ndarray:
+    """Ancestral DDPM sampling over all 1000 steps, one seed per image; float32 (K, C, H, W) in [-1, 1].
+
+    Image i uses its own ``torch.Generator("cpu").manual_seed(seeds[i])``: first its initial noise
+    ``randn(shape)``, then one ``randn(shape)`` per step t = 999..1 (none at t = 0), so an image is
+    a pure function of its seed whatever the batch. Step (the same as diffusers' DDPMScheduler with
+    ``clip_sample=True``, ``variance_type="fixed_small"``): x̂0 = clip((x_t − √(1−ᾱ_t) ε̂)/√ᾱ_t, −1, 1);
+    x_{t−1} = √ᾱ_{t−1} β_t/(1−ᾱ_t) · x̂0 + √α_t (1−ᾱ_{t−1})/(1−ᾱ_t) · x_t + σ_t z,
+    σ_t² = β_t (1−ᾱ_{t−1})/(1−ᾱ_t).
+    """
+    if shape is None:
+        cfg = model.config
+        shape = (cfg.in_channels, cfg.sample_size, cfg.sample_size)
+    shape = tuple(shape)
+    betas = torch.linspace(BETA_START, BETA_END, N_TRAIN_TIMESTEPS, dtype=torch.float64)
+    alphas = 1.0 - betas
+    ac = torch.cumprod(alphas, 0)
+    model.eval()
+    outs = []
+    seeds = [int(s) for s in seeds]
+    for s0 in range(0, len(seeds), batch_size):
+        gens = [torch.Generator("cpu").manual_seed(s) for s in seeds[s0 : s0 + batch_size]]
+        x = torch.stack([torch.randn(shape, generator=g) for g in gens])
+        for t in range(N_TRAIN_TIMESTEPS - 1, -1, -1):
+            a_t = float(ac[t])
+            a_prev = float(ac[t - 1]) if t > 0 else 1.0
+            b_t = float(betas[t])
+            eps = model(x, torch.full((x.shape[0],), t, dtype=torch.long)).sample
+            x0 = ((x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)).clamp(-1, 1)
+            x = (math.sqrt(a_prev) * b_t / (1 - a_t)) * x0 + (math.sqrt(float(alphas[t])) * (1 - a_prev) / (1 - a_t)) * x
+            if t > 0:
+                sigma = math.sqrt(b_t * (1 - a_prev) / (1 - a_t))
+                x = x + sigma * torch.stack([torch.randn(shape, generator=g) for g in gens])
         outs.append(x.clamp(-1, 1))
     return torch.cat(outs).numpy().astype(np.float32)
 
