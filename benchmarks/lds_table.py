@@ -59,7 +59,7 @@ def run_one(args) -> dict:
         r = lds(s, b.subsets, b.outputs[split], n_boot=args.n_boot, seed=0)
         out["splits"][split] = {"lds": r.mean, "ci": list(r.ci), "n_queries": r.n_queries, "n_undefined": r.n_undefined,
                                 "seconds": round(dt, 3)}
-    out["seconds_this_run"] = round(score_s, 3)
+    out["seconds_this_run"] = round(score_s, 4)
     out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     if TR.FEATURE_LOG:
         # cold cost: each distinct feature file once (train + each query split), as recorded when computed
@@ -78,7 +78,7 @@ def run_one(args) -> dict:
         if cp is not None and cp.exists():
             out["choice"] = {k: v for k, v in json.loads(cp.read_text()).get(args.one, {}).items() if k != "grid"}
     else:
-        out["seconds"] = round(score_s, 2)
+        out["seconds"] = round(score_s, 4)
     return out
 
 
@@ -98,7 +98,7 @@ def fmt_table(results: list, bench_name: str, n_models: int, n_total: int, split
             cells.append("–" if v is None else f"{100 * v['lds']:.1f} [{100 * v['ci'][0]:.1f}, {100 * v['ci'][1]:.1f}]")
         t = r["seconds"]
         ratio = f"{t / nda_t:.2g}" if nda_t else "–"
-        tt = f"{t:.1f}" + (" (cached feats)" if r.get("features_cached") else "")
+        tt = (f"{t:.2g}" if t < 10 else f"{t:.0f}") + (" (feats cached)" if r.get("features_cached") else "")
         lines.append(f"| {r['method']} | " + " | ".join(cells) + f" | {tt} | {ratio} | {r['peak_rss_mb']:.0f} |")
     notes = [r for r in results if r.get("choice")]
     if notes:

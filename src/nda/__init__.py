@@ -12,5 +12,7 @@ from .config import NDAConfig  # noqa: E402
 from .errors import NDAError  # noqa: E402
 from .images import ImageSet, load_images  # noqa: E402
 from .attribution import AttributionResult, NDAIndex, score  # noqa: E402
+from . import benchmarks  # noqa: E402
+from .eval.lds import lds  # noqa: E402
 
-__all__ = ["NDAConfig", "NDAError", "NDAIndex", "AttributionResult", "ImageSet", "load_images", "score", "__version__"]
+__all__ = ["NDAConfig", "NDAError", "NDAIndex", "AttributionResult", "ImageSet", "load_images", "score", "lds", "benchmarks", "__version__"]

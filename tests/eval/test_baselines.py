@@ -201,3 +201,25 @@ def test_end_to_end_all_methods(tiny_bench):
     np.testing.assert_array_equal(s1, s2)
     e1 = METHODS["embed-cos"](b, b.queries["val"], {})
     assert e1.shape == (len(b.queries["val"]), len(b.train))
+
+
+def test_lds_table_script(tiny_bench, tmp_path, capsys):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    b, root = tiny_bench
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "lds_table.py"
+    spec = importlib.util.spec_from_file_location("lds_table", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "t.json"
+    rc = mod.main(["--benchmark", "micro", "--root", str(b.root), "--methods", "random,pixel-cos,nda-single",
+                   "--n-boot", "10", "--json", str(out), "--config", json.dumps({"timesteps": [100, 300]})])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "6 of 6" in text and "| pixel-cos |" in text and "× NDA time" in text
+    res = json.loads(out.read_text())
+    assert res["n_models"] == 6 and [r["method"] for r in res["results"]] == ["random", "pixel-cos", "nda-single"]
+    assert all("error" not in r and "val" in r["splits"] for r in res["results"])
+    assert mod.main(["--benchmark", "micro", "--root", str(b.root), "--methods", "nope"]) == 2

@@ -60,6 +60,10 @@ Notation: one scale (patch P, block b), positions ℓ (query) and ℓ′ (traini
    The count (b) is skipped adaptively once most counted rows turn out to need the top-k anyway
    (a speed decision only; the result is exact either way).
 
+7. **No subnormals.** Before exp, s − max_row is clamped at −80 (float32; −700 in float64), so
+   exp never yields a subnormal (100× slower on x86). A weight raised this way changes by less
+   than e^−80 of its row maximum ≤ e^−80 (normalised), i.e. ≤ L·m·e^−80 per score — far below η.
+
 Not done (measured or reasoned not to win here): exact pruning with projected-distance lower
 bounds — at the default timesteps t ≥ 200 more than 50 % of all (ℓ, n, ℓ′) weights are above
 e^−δ (the softmax is flat), so a bound cannot remove GEMM work where the time goes.
@@ -82,8 +86,16 @@ from .base import Engine, Progress, Scale, Step, _no_progress
 
 #: Target relative error of the skipped top-k selections and negligible rows, per dtype.
 ETA = {torch.float32: 1e-9, torch.float64: 1e-14}
+#: log-weights below FLOOR (relative to the row max) are raised to it before exp: e^FLOOR is a
+#: normal float, far below η (design note 7).
+FLOOR = {torch.float32: -80.0, torch.float64: -700.0}
 #: Elements per row block (S scratch), sized for a 2 MiB L2 cache.
 BLOCK_ELEMS = 1 << 18
+
+#: Most queries batched together (their G2 = ⟨ε_t, v⟩ GEMMs are shared).
+MAX_QUERY_BATCH = 16
+#: Most training images per chunk.
+MAX_CHUNK = 256
 
 _POOL: ThreadPoolExecutor | None = None
 
@@ -156,6 +168,17 @@ def topk_sums(E: torch.Tensor, k: int) -> torch.Tensor:
     return torch.from_numpy(out).to(E.dtype)
 
 
+@dataclass(frozen=True)
+class Plan:
+    """How `_run` batches: two passes or one, queries and steps per batch, images per chunk."""
+
+    two_pass: bool
+    queries: int
+    steps: int
+    chunk: int
+    working_bytes: int  # tables + chunk buffers (the row-block scratch is extra, ~2 MiB)
+
+
 @dataclass
 class _Job:
     """One (query, step) pair inside a batch: its running normaliser and its LT table."""
@@ -201,6 +224,32 @@ class FastEngine(Engine):
         return self._run(x_t[None], z, scale, [(1.0 / variance, 0.0, None)], topk, border,
                          _no_progress, positions=True)
 
+    # ------------------------------------------------------------------ planning
+    def plan(self, Q: int, N: int, L: int, D: int, J: int, pairs: int, n_noise: int, esz: int,
+             positions: bool = False) -> "Plan":
+        """Batch and chunk sizes from the memory budget (bytes), independent of N where it matters.
+
+        One pass keeps an (L, N) table of top-k log-sums per (query, step) in at most half the
+        budget; if even one does not fit, two passes (no table). The GEMM outputs of a training
+        chunk ((queries + noise steps) × `pairs` values per image) and its features use at most
+        half of what is left.
+        """
+        budget = max(1, int(self.memory_budget))
+        table = L * N * esz
+        fit = int((budget // 2) // max(1, table))
+        if positions:
+            two_pass, Qb, Jb = False, 1, J
+        elif fit >= J:
+            two_pass, Jb, Qb = False, J, max(1, min(Q, fit // J, MAX_QUERY_BATCH))
+        elif fit >= 1:
+            two_pass, Jb, Qb = False, fit, 1
+        else:
+            two_pass, Jb, Qb = True, J, max(1, min(Q, MAX_QUERY_BATCH // 2))
+        rest = budget - (0 if two_pass else Qb * Jb * table) - 2 * BLOCK_ELEMS * esz
+        per_image = (Qb + min(Jb, n_noise)) * pairs * esz + L * (D + 2) * (esz + 24)
+        n_c = int(max(1, min(N, rest // 2 // max(1, per_image), MAX_CHUNK)))
+        return Plan(two_pass, Qb, Jb, n_c, (0 if two_pass else Qb * Jb * table) + n_c * per_image)
+
     # ------------------------------------------------------------------ core
     def _run(self, queries: torch.Tensor, train: torch.Tensor, scale: Scale, specs, topk, border,
              progress: Progress, positions: bool = False):
@@ -238,25 +287,11 @@ class FastEngine(Engine):
                 rows.append(torch.cat([e, e.new_zeros(*e.shape[:2], 2)], -1).to(dt))
             noise.append(rows)
 
-        # ---- budget: LT tables (one pass) vs two passes; query batch; training chunk
-        esz = torch.tensor([], dtype=dt).element_size()
-        budget = max(1, int(self.memory_budget))
-        table_bytes = L * N * esz
-        jobs_fit = int((budget // 2) // max(1, table_bytes))
         pairs = sum(g.pos.shape[0] * g.m * g.m for g in groups)  # GEMM outputs per image per job
-        if positions:
-            two_pass, Qb, Jb = False, 1, J
-        elif jobs_fit >= J:
-            two_pass, Jb = False, J
-            Qb = max(1, min(Q, jobs_fit // J, 16))
-        elif jobs_fit >= 1:
-            two_pass, Jb, Qb = False, jobs_fit, 1
-        else:
-            two_pass, Jb, Qb = True, J, max(1, min(Q, 8))
         n_noise = sum(x is not None for x in noise)
-        rest = budget - (0 if two_pass else Qb * Jb * table_bytes) - 2 * BLOCK_ELEMS * 8
-        per_image = (Qb + min(Jb, n_noise)) * pairs * esz + L * (D + 2) * (esz + 16)
-        n_c = int(max(1, min(N, rest // 2 // max(1, per_image), 256)))
+        esz = torch.tensor([], dtype=dt).element_size()
+        plan = self.plan(Q, N, L, D, J, pairs, n_noise, esz, positions)
+        two_pass, Qb, Jb, n_c = plan.two_pass, plan.queries, plan.steps, plan.chunk
 
         results = [torch.zeros(Q, N, dtype=f64) for _ in range(J)]
         pos_out = None
@@ -344,7 +379,8 @@ class FastEngine(Engine):
             else:
                 torch.mul(G1[i0 * n: i1 * n], job.a, out=S)
             M = S.amax(1)
-            S.sub_(M[:, None]).exp_()
+            # Clamp at FLOOR so that exp never produces (slow) subnormals; see design note 7.
+            S.sub_(M[:, None]).clamp_(min=FLOOR[S.dtype]).exp_()
             rs = S.sum(1)
             pos = posflat[i0:i1]
             LR = M.to(f64) + rs.to(f64).log()  # (R,)

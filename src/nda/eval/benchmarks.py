@@ -268,6 +268,10 @@ def _sample(model, sampler: str, seeds) -> np.ndarray:
     raise ValueError(f"unknown sampler {sampler!r}")
 
 
+def _fmt_s(x) -> str:
+    return "n/a" if x is None else f"{x:.0f}s"
+
+
 def _log(msg: str, stream=None) -> None:
     stream = stream or sys.stdout
     print(f"[{_dt.datetime.now().strftime('%Y-%m-%d %H:%M:%S')}] {msg}", file=stream, flush=True)
@@ -518,7 +522,7 @@ def build(
         left_total = len(jobs) - man["progress"]["n_done"]
         eta = np.mean(per_model_s[-5:]) * left_total
         _log(
-            f"{spec.name}: {jid} done (train {meta['train_seconds']:.0f}s, measure {meta['measure_seconds']:.0f}s); "
+            f"{spec.name}: {jid} done (train {_fmt_s(meta['train_seconds'])}, measure {_fmt_s(meta['measure_seconds'])}); "
             f"{man['progress']['n_done']}/{len(jobs)} models, ETA for the rest {eta / 3600:.2f} h"
         )
         if bar is not None:
