@@ -176,6 +176,7 @@ def tiny_bench(tmp_path_factory):
     return b, root
 
 
+@pytest.mark.slow
 def test_end_to_end_all_methods(tiny_bench):
     b, root = tiny_bench
     cfg = {"cache_dir": str(root / "cache"), "k_max": 64}
@@ -203,6 +204,7 @@ def test_end_to_end_all_methods(tiny_bench):
     assert e1.shape == (len(b.queries["val"]), len(b.train))
 
 
+@pytest.mark.slow
 def test_lds_table_script(tiny_bench, tmp_path, capsys):
     import importlib.util
     import json

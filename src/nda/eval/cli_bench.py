@@ -43,8 +43,14 @@ def _method_random(bench, queries, config):
     return rng.standard_normal((len(queries), len(bench.train)))
 
 
+def _load_baselines() -> None:
+    """Register the baseline methods (a lazy import: the baselines import this module's registry)."""
+    import nda.eval.baselines  # noqa: F401
+
+
 def evaluate(bench, method: str, config: dict | None = None, splits=None, n_boot: int = 1000, seed: int = 0) -> dict:
     """Score ``bench``'s query splits with ``method`` and compute their LDS; returns a JSON-able dict."""
+    _load_baselines()
     from .lds import lds
 
     if method not in METHODS:
@@ -83,6 +89,8 @@ class _BenchGroup(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise  # click's own control flow (--help, usage errors); Exit is a RuntimeError
         except (ValueError, RuntimeError, KeyError, FileNotFoundError, PermissionError) as exc:
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             click.echo(f"error: {msg}", err=True)
@@ -130,6 +138,7 @@ def build_cmd(name, root, work, max_models, threads, seeds):
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="also write the JSON result here")
 def lds_cmd(name, method, config_path, root, splits, n_boot, as_json, out):
     """LDS of METHOD's scores on a benchmark, with 95% bootstrap CIs over subsets."""
+    _load_baselines()
     from .benchmarks import load
 
     config = {}
