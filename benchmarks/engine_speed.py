@@ -189,9 +189,9 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     quick = args.quick
-    fq = args.fast_queries or (4 if quick else 8)
-    n_small, n_big = (200, 400) if quick else (1000, 5000)
-    scaling = (250, 500, 1000) if quick else (1000, 2000, 4000, 8000)
+    fq = args.fast_queries or (2 if quick else 8)
+    sizes = (100,) if quick else (1000, 5000)
+    scaling = (100, 200, 400) if quick else (1000, 2000, 4000, 8000)
     only = set(args.only.split(",")) if args.only else None
     want = lambda name: only is None or name in only  # noqa: E731
 
@@ -201,13 +201,13 @@ def main(argv=None) -> None:
               f"{torch.__version__}, {torch.get_num_threads()} torch threads, budget {args.budget_mb} MB, float32", ""]
     print("\n".join(header), flush=True)
     out = list(header)
-    big = fmnist_rgb(max(n_big, max(scaling)) + 16, seed=0)
+    big = fmnist_rgb(max(*sizes, *scaling) + 16, seed=0)
     queries, train_all = big[:16], big[16:]
     single = NDAConfig(patch_size=7)
     two = NDAConfig(patch_size=7, down_patch_size=14)
 
     rows = []
-    for N in (n_small, n_big):
+    for N in sizes:
         for nm, cfg in (("p7", single), ("p7down14", two)):
             name = f"{nm}-{N}"
             if not want(name):
@@ -227,7 +227,7 @@ def main(argv=None) -> None:
     for N in scaling:
         if not want(f"scale-{N}"):
             continue
-        srows.append(run_case(f"scale-{N}", queries, train_all[:N], single, 4 if not quick else 2, False,
+        srows.append(run_case(f"scale-{N}", queries, train_all[:N], single, 4 if not quick else 1, False,
                               args.budget_mb))
         print(fmt_table(srows[-1:], False).splitlines()[-1], flush=True)
     if srows:

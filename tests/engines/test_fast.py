@@ -84,12 +84,15 @@ def test_score_step_matches_reference(case, structured):
     assert _err(got32, want) <= FAST_FLOAT32_TOL
 
 
-def test_many_row_blocks(monkeypatch):
-    monkeypatch.setattr(fast, "BLOCK_ELEMS", 64)
+@pytest.mark.parametrize("budget", [5000, None])
+def test_many_row_blocks(monkeypatch, budget):
+    """Blocks smaller than one ℓ-row of a chunk (n·m > BLOCK_ELEMS) and many blocks per chunk."""
+    monkeypatch.setattr(fast, "BLOCK_ELEMS", 16)
     x, z = _structured(2, 5, 3, 8, 8, seed=3)
-    for P, b, k in [(5, 1, 4), (4, 2, 3)]:
-        want = _ref().score_step(x, z, 0.2, Scale(P, b), k, "match")
-        assert _err(_fast(torch.float64, 5000).score_step(x, z, 0.2, Scale(P, b), k, "match"), want) <= FLOAT64_TOL
+    for P, b, k, border in [(5, 1, 4, "match"), (4, 2, 3, "match"), (3, 1, 5, "zero")]:
+        want = _ref().score_step(x, z, 0.2, Scale(P, b), k, border)
+        got = _fast(torch.float64, budget).score_step(x, z, 0.2, Scale(P, b), k, border)
+        assert _err(got, want) <= FLOAT64_TOL
 
 
 @pytest.mark.parametrize("border", ["match", "zero"])

@@ -90,8 +90,10 @@ ETA = {torch.float32: 1e-9, torch.float64: 1e-14}
 #: normal float, far below η (design note 7).
 FLOOR = {torch.float32: -80.0, torch.float64: -700.0}
 #: Elements per row block (S scratch), sized for a 2 MiB L2 cache.
-BLOCK_ELEMS = 1 << 18
+BLOCK_ELEMS = 1 << 19
 
+#: Elements per row block on GPUs (no cache to fit; fewer, larger kernels).
+GPU_BLOCK_ELEMS = 1 << 24
 #: Most queries batched together (their G2 = ⟨ε_t, v⟩ GEMMs are shared).
 MAX_QUERY_BATCH = 16
 #: Most training images per chunk.
@@ -142,7 +144,7 @@ def _pool() -> ThreadPoolExecutor:
     return _POOL
 
 
-def topk_sums(E: torch.Tensor, k: int) -> torch.Tensor:
+def topk_sums(E: torch.Tensor, k: int, threads: int | None = None) -> torch.Tensor:
     """Σ of the k largest entries of each row of E (R, m), k < m. E is scratch: may be reordered.
 
     CPU: `np.partition` in place on a zero-copy view (exact introselect; the GIL is released, so
@@ -158,7 +160,7 @@ def topk_sums(E: torch.Tensor, k: int) -> torch.Tensor:
         blk.partition(m - k, axis=1)
         return blk[:, m - k:].sum(1, dtype=np.float64)
 
-    nt = torch.get_num_threads()
+    nt = torch.get_num_threads() if threads is None else threads
     if nt > 1 and R * m >= 1 << 16:
         cuts = np.linspace(0, R, nt + 1).astype(int)
         parts = list(_pool().map(lambda i: part(cuts[i], cuts[i + 1]), range(nt)))
@@ -245,7 +247,8 @@ class FastEngine(Engine):
             two_pass, Jb, Qb = False, fit, 1
         else:
             two_pass, Jb, Qb = True, J, max(1, min(Q, MAX_QUERY_BATCH // 2))
-        rest = budget - (0 if two_pass else Qb * Jb * table) - 2 * BLOCK_ELEMS * esz
+        block = BLOCK_ELEMS if self.device.type == "cpu" else GPU_BLOCK_ELEMS
+        rest = budget - (0 if two_pass else Qb * Jb * table) - 2 * block * esz
         per_image = (Qb + min(Jb, n_noise)) * pairs * esz + L * (D + 2) * (esz + 24)
         n_c = int(max(1, min(N, rest // 2 // max(1, per_image), MAX_CHUNK)))
         return Plan(two_pass, Qb, Jb, n_c, (0 if two_pass else Qb * Jb * table) + n_c * per_image)
@@ -294,8 +297,10 @@ class FastEngine(Engine):
         two_pass, Qb, Jb, n_c = plan.two_pass, plan.queries, plan.steps, plan.chunk
 
         results = [torch.zeros(Q, N, dtype=f64) for _ in range(J)]
+        nt = torch.get_num_threads()
         pos_out = None
-        scratch = torch.empty(BLOCK_ELEMS + m_max, dtype=dt, device=dev)
+        block = BLOCK_ELEMS if dev.type == "cpu" else GPU_BLOCK_ELEMS
+        scratch = torch.empty(max(block, n_c * m_max) + m_max, dtype=dt, device=dev)  # ≥ one ℓ-row
         for q0 in range(0, Q, Qb):
             q1 = min(Q, q0 + Qb)
             # query rows [u, 1, −½‖u‖²] per group, (q, G, m, D+2)
@@ -332,9 +337,16 @@ class FastEngine(Engine):
                             G1 = [torch.bmm(qrows[gi][qi], Bt) for qi in range(q1 - q0)]  # (G, m, n·m)
                             G2 = {j: torch.bmm(noise[j][gi], Bt) for j in range(j0, j1) if noise[j] is not None}
                             posflat = g.pos.reshape(-1)
-                            for (qi, j), job in jobs.items():
-                                self._blocks(job, G1[qi].view(G * m * n, m), G2.get(j), posflat, n, m, c0,
-                                             phase, k, delta, scratch)
+                            # Row blocks are L2-sized: intra-op threads only add barrier waits
+                            # (ruinous on a busy machine), so they run single-threaded; the
+                            # top-k selection uses its own thread pool (`topk_sums`).
+                            torch.set_num_threads(1)
+                            try:
+                                for (qi, j), job in jobs.items():
+                                    self._blocks(job, G1[qi].view(G * m * n, m), G2.get(j), posflat, n, m,
+                                                 c0, phase, k, delta, scratch, nt)
+                            finally:
+                                torch.set_num_threads(nt)
                             del G1, G2
                         del tf
                     if phase == "lse":
@@ -347,7 +359,7 @@ class FastEngine(Engine):
                         continue
                     shift = (job.ref - job.lse).to(dt)  # ≤ 0, small
                     if positions:
-                        w = (job.table + shift[:, None]).exp().to(f64)
+                        w = (job.table.to(f64) + (job.ref - job.lse)[:, None]).exp()
                         pos_out = (w.cpu(), job.lse.cpu())
                     col = max(1, (4 << 20) // max(1, L))
                     for s0 in range(0, N, col):
@@ -361,14 +373,15 @@ class FastEngine(Engine):
         return results
 
     def _blocks(self, job: _Job, G1: torch.Tensor, G2: torch.Tensor | None, posflat: torch.Tensor, n: int,
-                m: int, c0: int, phase: str, k: int | None, delta: float, scratch: torch.Tensor) -> None:
+                m: int, c0: int, phase: str, k: int | None, delta: float, scratch: torch.Tensor,
+                threads: int = 1) -> None:
         """Process the rows (ℓ, n) of one (query, step) and one class group of a training chunk.
 
         G1, G2: (G·m·n, m) rows in (class, ℓ, n) order; posflat: (G·m,) positions of the ℓ rows.
         """
         f64 = torch.float64
         nl_total = posflat.shape[0]
-        rl = max(1, BLOCK_ELEMS // (n * m))  # ℓ-rows per block
+        rl = max(1, (scratch.numel() - m) // (n * m))  # ℓ-rows per block
         G2v = G2.view(-1, m) if G2 is not None else None
         for i0 in range(0, nl_total, rl):
             i1 = min(nl_total, i0 + rl)
@@ -407,13 +420,13 @@ class FastEngine(Engine):
                             job.count = False  # most rows need the top-k: stop counting first
                         if need.numel():
                             T = rs.clone()
-                            T[need] = topk_sums(Ec[sel], k)
+                            T[need] = topk_sums(Ec[sel], k, threads)
                     elif need.numel() > R // 2:
                         T = torch.where(torch.zeros(R, dtype=torch.bool, device=S.device).index_fill_(0, need, True),
-                                        topk_sums(S, k), rs)
+                                        topk_sums(S, k, threads), rs)
                     else:
                         T = rs.clone()
-                        T[need] = topk_sums(S.index_select(0, need), k)
+                        T[need] = topk_sums(S.index_select(0, need), k, threads)
             LT = M.to(f64) + T.to(f64).log()
             if phase == "one":
                 ref = job.ref[pos].repeat_interleave(n)
