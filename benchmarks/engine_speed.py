@@ -5,7 +5,9 @@ setting. For each case the script prints N, C, H, W, P, scales, topk, seconds pe
 for each engine, their ratio (wall clock and process CPU time), the max relative score difference
 max|fast − conv| / max|conv| on the query-timestep both computed, and the peak RSS growth of each
 engine's call (resident set size sampled every 10 ms from /proc/self/statm, minus the RSS before
-the call).
+the call; inside one long process this understates later cases, since the allocator keeps pages
+freed by earlier ones, so a last table measures the fast engine's peak RSS per N in a fresh
+process each).
 
 Timing protocol. The conv engine costs the same for every query and timestep (tens of seconds per
 query-timestep at N = 5000), so it is timed on 1 query × 1 timestep (t = 300, plus the down
@@ -177,6 +179,36 @@ def fmt_table(rows, conv: bool) -> str:
     return "\n".join(lines)
 
 
+def rss_probe(N: int, budget_mb: int, queries: int) -> None:
+    """Child process: peak RSS (ru_maxrss) growth of one fast-engine call, printed as MB."""
+    import resource
+
+    big = fmnist_rgb(N + queries, seed=0)
+    cfg = NDAConfig(patch_size=7)
+    steps = steps_for(cfg, (3, 32, 32), (500,))
+    eng = make_engine("fast", torch.float32, torch.device("cpu"), budget_mb)
+    eng.score_steps(big[:1], big[queries:queries + 8], steps, cfg.topk, cfg.border)  # warm-up (libraries)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    eng.score_steps(big[:queries], big[queries:], steps, cfg.topk, cfg.border)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(f"{(after - before) / 1024:.0f} {after / 1024:.0f}")
+
+
+def memory_table(sizes, budget_mb: int, queries: int) -> str:
+    """Peak RSS of the fast engine per N, each in a fresh process (an allocator keeps freed pages,
+    so growth measured inside one long process understates later cases)."""
+    import subprocess
+
+    lines = ["| N | fast peak RSS growth MB | process peak RSS MB |", "|---|---|---|"]
+    for N in sizes:
+        res = subprocess.run([sys.executable, __file__, "--rss-probe", str(N), "--budget-mb", str(budget_mb),
+                              "--fast-queries", str(queries)], capture_output=True, text=True, check=True)
+        growth, peak = res.stdout.split()[-2:]
+        lines.append(f"| {N} | {growth} | {peak} |")
+        print(lines[-1], flush=True)
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="reduced sizes, under a minute")
@@ -185,9 +217,14 @@ def main(argv=None) -> None:
     ap.add_argument("--budget-mb", type=int, default=1024, help="memory budget of both engines")
     ap.add_argument("--only", default=None, help="comma-separated case names to run")
     ap.add_argument("--out", default=None, help="also write the tables (markdown) to this file")
+    ap.add_argument("--rss-probe", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--memory-only", action="store_true", help="only the per-N peak-RSS table")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.rss_probe:
+        rss_probe(args.rss_probe, args.budget_mb, args.fast_queries or 4)
+        return
     quick = args.quick
     fq = args.fast_queries or (2 if quick else 8)
     sizes = (100,) if quick else (1000, 5000)
@@ -207,6 +244,8 @@ def main(argv=None) -> None:
     two = NDAConfig(patch_size=7, down_patch_size=14)
 
     rows = []
+    if args.memory_only:
+        only = set()
     for N in sizes:
         for nm, cfg in (("p7", single), ("p7down14", two)):
             name = f"{nm}-{N}"
@@ -234,6 +273,11 @@ def main(argv=None) -> None:
         text = "## fast engine scaling in N (P = 7, one scale)\n\n" + fmt_table(srows, False)
         print("\n" + text + "\n", flush=True)
         out += [text, ""]
+    msizes = (200, 400, 800) if quick else (1000, 2000, 4000, 8000)
+    text = ("## fast engine peak RSS in N (fresh process per N; 4 queries × t = 500, P = 7; "
+            "ru_maxrss growth over a warm-up call)\n\n" + memory_table(msizes, args.budget_mb, 4 if not quick else 2))
+    print("\n" + text + "\n", flush=True)
+    out += [text, ""]
     if args.out:
         Path(args.out).write_text("\n".join(out) + "\n")
 

@@ -64,6 +64,17 @@ Notation: one scale (patch P, block b), positions ℓ (query) and ℓ′ (traini
    exp never yields a subnormal (100× slower on x86). A weight raised this way changes by less
    than e^−80 of its row maximum ≤ e^−80 (normalised), i.e. ≤ L·m·e^−80 per score — far below η.
 
+8. **Threads.** GEMMs use torch's intra-op threads. Row blocks are L2-sized, where intra-op
+   threads only add barrier waits (37× slower on a busy 2-core machine, measured), so the block
+   phase runs single-threaded per job, and with T > 1 threads independent (query, step) jobs run
+   in T parallel lanes (Python threads; torch ops and `np.partition` release the GIL).
+
+Measured (benchmarks/RESULTS-engine.md, 1 thread, busy 2-core Xeon): N = 5000, 32×32×3, P = 7,
+top-100: conv 186 s, fast 15 s per query-timestep (12.4×), max relative difference 2e-6, peak
+RSS growth 0.5 GB (conv 1.7 GB). Time splits roughly: exact top-k selection 30 %, GEMMs 25 %
+(bounded by the query batch the budget allows for the LT tables), combining G1/G2 15 %, the rest
+elementwise work and Python overhead.
+
 Not done (measured or reasoned not to win here): exact pruning with projected-distance lower
 bounds — at the default timesteps t ≥ 200 more than 50 % of all (ℓ, n, ℓ′) weights are above
 e^−δ (the softmax is flat), so a bound cannot remove GEMM work where the time goes.
@@ -99,7 +110,11 @@ MAX_QUERY_BATCH = 16
 #: Most training images per chunk.
 MAX_CHUNK = 256
 
+#: Most parallel lanes of (query, step) jobs in the block phase (each holds one scratch block).
+MAX_LANES = 8
+
 _POOL: ThreadPoolExecutor | None = None
+_JOB_POOL: ThreadPoolExecutor | None = None
 
 
 def features(images: torch.Tensor, P: int, b: int) -> torch.Tensor:
@@ -142,6 +157,13 @@ def _pool() -> ThreadPoolExecutor:
     if _POOL is None:
         _POOL = ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1)), thread_name_prefix="nda-topk")
     return _POOL
+
+
+def _job_pool(n: int) -> ThreadPoolExecutor:
+    global _JOB_POOL
+    if _JOB_POOL is None or _JOB_POOL._max_workers < n:
+        _JOB_POOL = ThreadPoolExecutor(n, thread_name_prefix="nda-jobs")
+    return _JOB_POOL
 
 
 def topk_sums(E: torch.Tensor, k: int, threads: int | None = None) -> torch.Tensor:
@@ -248,7 +270,8 @@ class FastEngine(Engine):
         else:
             two_pass, Jb, Qb = True, J, max(1, min(Q, MAX_QUERY_BATCH // 2))
         block = BLOCK_ELEMS if self.device.type == "cpu" else GPU_BLOCK_ELEMS
-        rest = budget - (0 if two_pass else Qb * Jb * table) - 2 * block * esz
+        lanes = min(MAX_LANES, torch.get_num_threads()) if self.device.type == "cpu" else 1
+        rest = budget - (0 if two_pass else Qb * Jb * table) - 2 * lanes * block * esz
         per_image = (Qb + min(Jb, n_noise)) * pairs * esz + L * (D + 2) * (esz + 24)
         n_c = int(max(1, min(N, rest // 2 // max(1, per_image), MAX_CHUNK)))
         return Plan(two_pass, Qb, Jb, n_c, (0 if two_pass else Qb * Jb * table) + n_c * per_image)
@@ -300,7 +323,9 @@ class FastEngine(Engine):
         nt = torch.get_num_threads()
         pos_out = None
         block = BLOCK_ELEMS if dev.type == "cpu" else GPU_BLOCK_ELEMS
-        scratch = torch.empty(max(block, n_c * m_max) + m_max, dtype=dt, device=dev)  # ≥ one ℓ-row
+        lanes = nt if dev.type == "cpu" else 1
+        scratch = [torch.empty(max(block, n_c * m_max) + m_max, dtype=dt, device=dev)  # ≥ one ℓ-row
+                   for _ in range(max(1, min(lanes, MAX_LANES)))]
         for q0 in range(0, Q, Qb):
             q1 = min(Q, q0 + Qb)
             # query rows [u, 1, −½‖u‖²] per group, (q, G, m, D+2)
@@ -340,11 +365,24 @@ class FastEngine(Engine):
                             # Row blocks are L2-sized: intra-op threads only add barrier waits
                             # (ruinous on a busy machine), so they run single-threaded; the
                             # top-k selection uses its own thread pool (`topk_sums`).
+                            # With several threads, independent (query, step) jobs run in
+                            # parallel Python threads instead (torch and numpy release the GIL).
+                            work = [(job, G1[qi].view(G * m * n, m), G2.get(j)) for (qi, j), job in jobs.items()]
+                            workers = min(nt, len(work), len(scratch))
                             torch.set_num_threads(1)
                             try:
-                                for (qi, j), job in jobs.items():
-                                    self._blocks(job, G1[qi].view(G * m * n, m), G2.get(j), posflat, n, m,
-                                                 c0, phase, k, delta, scratch, nt)
+                                if workers <= 1:
+                                    for job, g1, g2 in work:
+                                        self._blocks(job, g1, g2, posflat, n, m, c0, phase, k, delta, scratch[0],
+                                                     nt)
+                                else:
+                                    def lane(w: int) -> None:
+                                        torch.set_num_threads(1)  # per-thread setting under OpenMP
+                                        for job, g1, g2 in work[w::workers]:
+                                            self._blocks(job, g1, g2, posflat, n, m, c0, phase, k, delta,
+                                                         scratch[w], 1)
+
+                                    list(_job_pool(workers).map(lane, range(workers)))
                             finally:
                                 torch.set_num_threads(nt)
                             del G1, G2
