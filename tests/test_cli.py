@@ -1,24 +1,16 @@
 """The CLI through the installed `nda` entry point (a subprocess, as a user runs it)."""
 
 import json
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-NDA = str(Path(sys.executable).with_name("nda")) if Path(sys.executable).with_name("nda").exists() else shutil.which("nda")
+from cli_runner import run_nda
 
 
 def run(*args, check=True):
-    assert NDA, "the `nda` entry point is not installed (pip install -e .)"
-    proc = subprocess.run([NDA, *args], capture_output=True, text=True, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"nda {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
+    return run_nda(*args, check=check)
 
 
 @pytest.fixture

@@ -2,14 +2,12 @@
 
 import json
 import re
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+from cli_runner import run_nda
 
 from nda.attribution import NDAIndex
 from nda.config import NDAConfig
@@ -17,7 +15,6 @@ from nda.errors import NDAError
 from nda.images import ImageSet
 from nda.report import script_json, write_report
 
-NDA = str(Path(sys.executable).with_name("nda")) if Path(sys.executable).with_name("nda").exists() else shutil.which("nda")
 
 
 def _data(html):
@@ -78,11 +75,7 @@ def test_report_refuses_other_images(report_case, tmp_path):
 
 
 def _cli(*args, check=True):
-    assert NDA, "the `nda` entry point is not installed (pip install -e .)"
-    p = subprocess.run([NDA, *args], capture_output=True, text=True, timeout=300)
-    if check and p.returncode != 0:
-        raise AssertionError(f"nda {' '.join(args)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
-    return p
+    return run_nda(*args, check=check, timeout=300)
 
 
 @pytest.fixture
