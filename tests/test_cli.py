@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cli_runner import run_nda
+from cli_runner import image_folders, run_nda
 
 
 def run(*args, check=True):
@@ -15,15 +15,7 @@ def run(*args, check=True):
 
 @pytest.fixture
 def folders(tmp_path):
-    rng = np.random.default_rng(0)
-    train, queries = tmp_path / "train", tmp_path / "queries"
-    train.mkdir(), queries.mkdir()
-    imgs = rng.integers(0, 256, (4, 8, 8), dtype=np.uint8)
-    for i, im in enumerate(imgs):
-        Image.fromarray(im).save(train / f"img{i}.png")
-    Image.fromarray(imgs[2]).save(queries / "copy_of_img2.png")
-    Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(queries / "other.png")
-    return train, queries
+    return image_folders(tmp_path, 4)
 
 
 def test_score_and_top(folders, tmp_path):
