@@ -225,3 +225,33 @@ def test_lds_table_script(tiny_bench, tmp_path, capsys):
     assert res["n_models"] == 6 and [r["method"] for r in res["results"]] == ["random", "pixel-cos", "nda-single"]
     assert all("error" not in r and "val" in r["splits"] for r in res["results"])
     assert mod.main(["--benchmark", "micro", "--root", str(b.root), "--methods", "nope"]) == 2
+
+
+@pytest.mark.slow
+def test_ablation_script(tiny_bench, tmp_path, capsys):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    import nda
+
+    b, root = tiny_bench
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "ablate_nda.py"
+    spec = importlib.util.spec_from_file_location("ablate_nda", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = mod.main(["--benchmark", "micro", "--root", str(b.root), "--quick", "--splits", "calib,val",
+                    "--cache", str(tmp_path / "cache"), "--n-boot", "10", "--json", str(tmp_path / "a.json"),
+                    "--plot", str(tmp_path / "a.png")])
+    assert "| two scales" in capsys.readouterr().out
+    assert (tmp_path / "a.png").stat().st_size > 0 and json.loads((tmp_path / "a.json").read_text())["n_models"] == 6
+    # a schedule's scores from cached per-timestep slices equal a fresh nda.score run
+    assert out["combination_check_max_rel_diff"] < 1e-5
+    assert np.asarray(out["heatmap"]["val"]["single"]).shape == (len(out["t_grid"]), len(out["single_sizes"]))
+    cands = {r["name"]: r for r in out["candidates"]}
+    calib = {k: r["splits"]["calib"]["lds"] for k, r in cands.items()}
+    # each choice step starts from the previous one, so calib LDS never goes down along the chain
+    chain = ["per-timestep P_t", "per-timestep P_t, timesteps chosen", "two scales (P_t, P′_t, γ_t)"]
+    assert all(calib[a] <= calib[c] + 1e-12 for a, c in zip(chain, chain[1:]))
+    for r in out["candidates"]:
+        nda.NDAConfig.from_dict(r["config"])  # every reported config is a valid NDAConfig

@@ -1,6 +1,8 @@
 """End-to-end micro benchmark: data -> subset models -> outputs -> NDA scores -> LDS (~1-2 min on CPU)."""
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -23,10 +25,22 @@ def micro(tmp_path_factory):
         man = B.build("micro", root=root / "res", work=root / "work", max_models=3, threads=1, progress=False)
         assert man["progress"]["n_done"] == 3 and not man["progress"]["complete"]
         first = {p.name: p.stat().st_mtime_ns for p in (root / "res" / "outputs").glob("*.npz")}
+        # another live worker holds the last job: this worker leaves it alone
+        claims = root / "work" / "claims"
+        claims.mkdir(parents=True, exist_ok=True)
+        (claims / "sub015_s0").write_text(str(os.getppid()))
+        man = B.build("micro", root=root / "res", work=root / "work", threads=1, progress=False)
+        assert man["progress"]["n_done"] == 16 and "sub015_s0" not in man["progress"]["models_done"]
+        # ...until that worker is dead: its claim is taken over and the build completes
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        (claims / "sub015_s0").write_text(str(dead.pid))
         man = B.build("micro", root=root / "res", work=root / "work", threads=1, progress=False)
     finally:
         torch.set_num_threads(torch_threads)
     assert man["progress"]["complete"] and man["progress"]["n_done"] == 17
+    assert not any(claims.iterdir())  # finished jobs release their claims
+    assert set(man["timings"]["per_model"]) == set(man["progress"]["models_done"])
     # finished models were skipped, not retrained
     assert {p.name: p.stat().st_mtime_ns for p in (root / "res" / "outputs").glob("*.npz") if p.name in first} == first
     return root / "res"

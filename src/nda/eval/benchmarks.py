@@ -203,6 +203,44 @@ def _atomic_json(path: Path, obj) -> None:
     _atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _claim(path: Path) -> bool:
+    """Atomically claim a build job (a file holding our pid); False if a live worker holds it.
+
+    A claim left by a dead worker (killed session) is taken over, so a build always resumes.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid = int(path.read_text().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and pid != os.getpid() and _pid_alive(pid):
+                return False
+            path.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return True
+    return False
+
+
+def _release(path: Path) -> None:
+    path.unlink(missing_ok=True)
+
+
 def _read_meta(path: Path) -> dict:
     with np.load(path, allow_pickle=False) as d:
         return json.loads(str(d["meta"]))
@@ -339,6 +377,13 @@ def build(
 
     def write_manifest(extra=None):
         done = sorted(p.stem for p in (root / "outputs").glob("*.npz"))
+        # per-model timings come from the outputs themselves, so that workers sharing this
+        # build (each rewriting the manifest) never drop each other's entries
+        timings["per_model"] = {
+            d: {"train_s": m.get("train_seconds"), "measure_s": m.get("measure_seconds")}
+            for d in done
+            for m in [_read_meta(root / "outputs" / f"{d}.npz")]
+        }
         man = {
             "benchmark": spec.name,
             "fingerprint": fp,
@@ -487,6 +532,11 @@ def build(
         bar = tqdm(total=len(todo), desc=f"{spec.name} models", unit="model", file=sys.stderr, mininterval=1.0)
     per_model_s = []
     for k, (jid, m, seed) in enumerate(todo):
+        # several workers may share one build: each job is claimed before it is trained
+        if (root / "outputs" / f"{jid}.npz").exists() or not _claim(work / "claims" / jid):
+            if bar is not None:
+                bar.update(1)
+            continue
         t0 = time.perf_counter()
         info = {}
         if jid == "full_s0" and full_model is not None:
@@ -515,9 +565,9 @@ def build(
             "finished": _dt.datetime.now().isoformat(timespec="seconds"),
         }
         _atomic_savez(root / "outputs" / f"{jid}.npz", meta=np.array(json.dumps(meta)), **outs)
+        _release(work / "claims" / jid)
         dt = t2 - t0
         per_model_s.append(dt)
-        timings.setdefault("per_model", {})[jid] = {"train_s": meta["train_seconds"], "measure_s": meta["measure_seconds"]}
         man = write_manifest()
         left_total = len(jobs) - man["progress"]["n_done"]
         eta = np.mean(per_model_s[-5:]) * left_total
