@@ -255,3 +255,31 @@ def test_ablation_script(tiny_bench, tmp_path, capsys):
     assert all(calib[a] <= calib[c] + 1e-12 for a, c in zip(chain, chain[1:]))
     for r in out["candidates"]:
         nda.NDAConfig.from_dict(r["config"])  # every reported config is a valid NDAConfig
+
+
+@pytest.mark.slow
+def test_trak_features_resume_by_parts(tiny_bench, tmp_path, monkeypatch):
+    from nda.eval.baselines import trak as TR
+
+    b, _ = tiny_bench
+    x = b.train[:7]
+    whole, _ = TR.bench_features(b, x, 10, "loss", {"cache_dir": str(tmp_path / "a"), "k_max": 16, "part_images": 100})
+    real, calls = TR.featurize, []
+
+    def dies_on_second_part(*args, **kw):
+        calls.append(len(args[1]))
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the session ends mid-pass
+        return real(*args, **kw)
+
+    cfg = {"cache_dir": str(tmp_path / "b"), "k_max": 16, "part_images": 3}
+    monkeypatch.setattr(TR, "featurize", dies_on_second_part)
+    with pytest.raises(KeyboardInterrupt):
+        TR.bench_features(b, x, 10, "loss", cfg)
+    calls.clear()
+    monkeypatch.setattr(TR, "featurize", lambda *a, **k: calls.append(len(a[1])) or real(*a, **k))
+    parts, meta = TR.bench_features(b, x, 10, "loss", cfg)
+    assert calls == [3, 1]  # the finished first part was reused
+    # features do not depend on the partition (up to float32 GEMM rounding of other batch sizes)
+    np.testing.assert_allclose(parts, whole, rtol=1e-4, atol=1e-5)
+    assert meta["n_images"] == 7 and not list((tmp_path / "b").rglob("*.part*"))

@@ -320,25 +320,48 @@ def bench_features(bench, images, n_t: int, output: str, config: dict | None = N
     import resource
     import torch
 
-    t0 = time.perf_counter()
+    # Resumable: images go through in parts of `part` images, each part cached on its own (a
+    # killed 100-timestep pass over the training set loses at most one part). An image's features
+    # do not depend on which part it is in (the noise is per timestep, the projector is seeded).
+    part = int(config.get("part_images", 128))
+    n = len(images)
+    chunks, seconds, peak = [], 0.0, 0.0
+    for i, s0 in enumerate(range(0, n, part)):
+        ppath = None if path is None else path.with_name(f"{path.stem}.part{i:03d}-{min(n, s0 + part)}.npz")
+        hit = load_cached(ppath)
+        if hit is None:
+            t0 = time.perf_counter()
 
-    def prog(done, total, el):
-        if log is not None:
-            log(f"  trak features {done}/{total} images, {el:.0f}s (ETA {el / done * (total - done):.0f}s)")
+            def prog(done, total, el, s0=s0, t0=t0):
+                if log is not None:
+                    el_all = seconds + time.perf_counter() - t0
+                    d_all = s0 + done
+                    log(f"  trak features {d_all}/{n} images, {el_all:.0f}s (ETA {el_all / d_all * (n - d_all):.0f}s)")
 
-    feats = featurize(model, images, proto["sets"], OUTPUTS, k=k_max, proj_seed=proj_seed, noise_seed=noise_seed,
-                      batch_size=int(config.get("batch_size", 32)), progress=prog)
+            f = featurize(model, images[s0 : s0 + part], proto["sets"], OUTPUTS, k=k_max, proj_seed=proj_seed,
+                          noise_seed=noise_seed, batch_size=int(config.get("batch_size", 32)), progress=prog)
+            hit = {f"{s}__{o}": v for (s, o), v in f.items()}
+            hit["meta"] = {"seconds": round(time.perf_counter() - t0, 2),
+                           "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+            save_cached(ppath, hit["meta"], **{k: v for k, v in hit.items() if k != "meta"})
+        seconds += float(hit["meta"].get("seconds", 0.0))
+        peak = max(peak, float(hit["meta"].get("peak_rss_mb", 0.0)))
+        chunks.append(hit)
+    feats = {(s, o): np.concatenate([c[f"{s}__{o}"] for c in chunks]) for s in proto["sets"] for o in OUTPUTS}
     meta = {
         "protocol": proto,
         "model_sha": msha,
         "images_sha": isha,
-        "n_images": int(len(images)),
+        "n_images": int(n),
         "n_params": int(sum(p.numel() for p in model.parameters())),
-        "seconds": round(time.perf_counter() - t0, 2),
+        "seconds": round(seconds, 2),  # summed over parts, possibly computed in earlier runs
         "threads": torch.get_num_threads(),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": peak,
     }
     save_cached(path, meta, **{f"{s}__{o}": v for (s, o), v in feats.items()})
+    if path is not None:
+        for ppath in path.parent.glob(f"{path.stem}.part*.npz"):
+            ppath.unlink(missing_ok=True)
     FEATURE_LOG.append({"images_sha": isha, "cached": False, "file": None if path is None else path.name,
                         **{k: meta[k] for k in ("seconds", "peak_rss_mb", "threads")}})
     return feats[(want_set, output)], meta
