@@ -240,7 +240,7 @@ def test_ablation_script(tiny_bench, tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("ablate_nda", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    out = mod.main(["--benchmark", "micro", "--root", str(b.root), "--quick", "--splits", "calib,val",
+    out = mod.main(["--benchmark", "micro", "--root", str(b.root), "--quick", "--splits", "calib,val", "--full-grid",
                     "--cache", str(tmp_path / "cache"), "--n-boot", "10", "--json", str(tmp_path / "a.json"),
                     "--plot", str(tmp_path / "a.png")])
     assert "| two scales" in capsys.readouterr().out
