@@ -41,6 +41,8 @@ def micro(tmp_path_factory):
     assert man["progress"]["complete"] and man["progress"]["n_done"] == 17
     assert not any(claims.iterdir())  # finished jobs release their claims
     assert set(man["timings"]["per_model"]) == set(man["progress"]["models_done"])
+    cost = B.build_summary(man)
+    assert cost["models_done"] == 17 and cost["complete"] and cost["train_s_total"] > 0
     # finished models were skipped, not retrained
     assert {p.name: p.stat().st_mtime_ns for p in (root / "res" / "outputs").glob("*.npz") if p.name in first} == first
     return root / "res"

@@ -682,6 +682,31 @@ def load(name: str = "fmnist2", root: str | os.PathLike | None = None, real: dic
     )
 
 
+def build_summary(manifest: dict) -> dict:
+    """What a build cost: models done, summed per-model train / measure seconds, generation.
+
+    The sums add up each model's wall time as its worker recorded it (one torch thread per worker),
+    so they do not shrink when workers run side by side, and they grow when the machine is shared.
+    """
+    per = manifest.get("timings", {}).get("per_model", {})
+    tr = [v["train_s"] for v in per.values() if v.get("train_s") is not None]
+    me = [v["measure_s"] for v in per.values() if v.get("measure_s") is not None]
+    gen = manifest.get("timings", {}).get("generate_s") or 0.0
+    total = sum(tr) + sum(me) + gen
+    return {
+        "benchmark": manifest.get("benchmark"),
+        "models_done": manifest["progress"]["n_done"],
+        "complete": manifest["progress"]["complete"],
+        "train_s_mean": round(float(np.mean(tr)), 1) if tr else None,
+        "measure_s_mean": round(float(np.mean(me)), 1) if me else None,
+        "train_s_total": round(sum(tr), 1),
+        "measure_s_total": round(sum(me), 1),
+        "generate_s": gen,
+        "summed_hours": round(total / 3600, 2),
+        "threads_per_worker": manifest.get("environment", {}).get("threads"),
+    }
+
+
 def main(argv=None) -> None:
     """``python -m nda.eval.benchmarks [name] [--max-models K] [--threads T] [--root DIR] [--work DIR]``"""
     import argparse
@@ -693,7 +718,12 @@ def main(argv=None) -> None:
     ap.add_argument("--max-models", type=int, default=None)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seeds", default=None, help="comma-separated model seeds per subset, e.g. 0,1,2")
+    ap.add_argument("--summary", action="store_true", help="print the build's cost from its manifest and exit")
     a = ap.parse_args(argv)
+    if a.summary:
+        root = Path(a.root) if a.root else DATA_ROOT / a.name
+        print(json.dumps(build_summary(json.loads((root / "manifest.json").read_text())), indent=1))
+        return
     seeds = tuple(int(s) for s in a.seeds.split(",")) if a.seeds else None
     man = build(a.name, root=a.root, work=a.work, max_models=a.max_models, threads=a.threads, seeds=seeds)
     print(json.dumps(man["progress"], indent=1))
