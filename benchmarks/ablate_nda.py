@@ -14,9 +14,11 @@ end of the run). So the script
 1. scores each split once per (scale, size) over the timestep grid (cached under ``--cache``);
 2. prints the LDS of each (t, P) alone, single scale and 2×2-block scale — on calib (and with
    ``--full-grid`` on the other splits too, for transparency; choices never look at them);
-3. chooses on calib, in order: the best constant P on the default timesteps; a per-timestep
-   schedule P_t (coordinate ascent from that constant); the timestep set among a few candidates;
-   then a second scale (P′_t, γ_t ∈ {0.25, 0.5, 0.75}, coordinate ascent);
+3. chooses on calib: the best constant P on the default timesteps; the best constant two-scale
+   setting (P, P′, γ); the best non-decreasing schedule P_t (exhaustive); and, in order, a per-timestep schedule P_t (coordinate ascent from the
+   constant P), the timestep set among a few candidates, then a second scale per timestep
+   (P′_t, γ_t ∈ {0.25, 0.5, 0.75}, coordinate ascent) — the per-timestep schedules show how much
+   the extra freedom buys on calib (and how much of it survives on val/gen);
 4. reports every candidate's LDS (95 % CI) on every scored split, and writes a JSON with the
    chosen configs and a heatmap of the (t, P) grid (``--plot``).
 
@@ -25,6 +27,7 @@ Choices are made on calib only; val and gen numbers of the chosen configs are wh
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -35,8 +38,8 @@ import numpy as np
 
 # the grid: ~0.15-0.35 CPU-s per (query, t, size) on a 16×16 benchmark with N = 1000
 T_GRID = (50, 100, 200, 300, 400, 500)
-SINGLE_SIZES = (3, 5, 7, 9, 11)
-DOWN_SIZES = (4, 6, 8, 10)
+SINGLE_SIZES = (3, 5, 7, 9, 11, 13, 15)
+DOWN_SIZES = (4, 6, 8, 10, 12, 14)
 GAMMAS = (0.25, 0.5, 0.75)
 DEFAULT_T = (100, 200, 300, 400, 500)
 T_CANDIDATES = (DEFAULT_T, (50, 100, 200, 300, 400), (50, 100, 200, 300, 400, 500), (100, 200, 300), (50, 100, 200))
@@ -193,6 +196,14 @@ def main(argv=None) -> dict:
     const_lds = {p: g.lds(const(default_t, p)).mean for p in single}
     p0 = max(const_lds, key=const_lds.get)
     cands[f"constant P={p0}"] = const(default_t, p0)
+    # the same settings at every timestep, two scales: (P, P′, γ) over the whole grid
+    two_const = {(p, pd, gm): g.lds(const(default_t, p, pd, gm)).mean for p in single for pd in down for gm in GAMMAS}
+    pc = max(two_const, key=two_const.get)
+    cands[f"constant two scales P={pc[0]}, P′={pc[1]}, γ={pc[2]}"] = const(default_t, *pc)
+    # P_t non-decreasing in t (the paper: the best patch grows with the noise level), exhaustively
+    mono = max((g.lds({t: (p, None, 1.0) for t, p in zip(default_t, ps)}).mean, ps)
+               for ps in itertools.combinations_with_replacement(single, len(default_t)))
+    cands["non-decreasing P_t (exhaustive)"] = {t: (p, None, 1.0) for t, p in zip(default_t, mono[1])}
     sched = ascend(g, const(default_t, p0), lambda t, cur: [(p, None, 1.0) for p in single if p != cur[0]])
     cands["per-timestep P_t"] = sched
     # timestep set: each candidate set with the per-t best P of the schedule (nearest t where new)
