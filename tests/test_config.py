@@ -15,6 +15,37 @@ def test_defaults_and_resolution():
     assert NDAConfig(down_patch_size=6).gamma == 0.5  # the authors' constant when a second scale is on
 
 
+def test_auto_patch_schedule():
+    from nda.config import AUTO_PATCH_FRACTION, auto_patch_size
+
+    c = NDAConfig()
+    assert c.patch_size == "auto" and NDAConfig.from_json(c.to_json()) == c
+    with pytest.raises(NDAError, match="resolve"):
+        c.patch_at(100)
+    r = c.resolve(16, 16)  # the benchmark the table was chosen on: P_t = 16 × fraction exactly
+    assert [r.patch_at(t) for t in c.timesteps] == [round(16 * AUTO_PATCH_FRACTION[t]) for t in c.timesteps]
+    assert r.score_fingerprint() != c.score_fingerprint() and r.resolve(16, 16) is r
+    assert c.resolve(16, 40) == r  # the shorter side counts
+    for side in range(1, 65):
+        for t in (0, 100, 250, 500, 999):
+            p = auto_patch_size(t, side)
+            assert p % 2 == 1 and 1 <= p <= side  # odd (centred patches) and never larger than the image
+    # a timestep off the table takes its nearest tabulated neighbour's fraction
+    assert auto_patch_size(20, 16) == auto_patch_size(100, 16) and auto_patch_size(900, 16) == auto_patch_size(500, 16)
+    with pytest.raises(NDAError, match="auto"):
+        NDAConfig(patch_size="big")
+
+
+def test_results_carry_the_resolved_config():
+    import nda
+    from nda.config import auto_patch_size
+
+    x = np.random.default_rng(0).uniform(-1, 1, (4, 1, 8, 8)).astype(np.float32)
+    res = nda.NDAIndex.build(x, NDAConfig(timesteps=(100, 300))).attribute(x[:1])
+    assert res.config.patch_size != "auto"
+    assert [res.config.patch_at(t) for t in (100, 300)] == [auto_patch_size(100, 8), auto_patch_size(300, 8)]
+
+
 def test_per_timestep_tables():
     c = NDAConfig(timesteps=(100, 300), patch_size={100: 5, 300: 9}, down_patch_size={100: None, 300: 10},
                   gamma={100: 1.0, 300: 0.25})

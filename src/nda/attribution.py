@@ -163,6 +163,7 @@ class NDAIndex:
 
     def __init__(self, train: ImageSet, config: NDAConfig) -> None:
         C, H, W = train.shape
+        config = config.resolve(H, W)  # "auto" patch sizes depend on the image size
         for t in config.timesteps:
             check_patch(config.patch_at(t), H, W, "patch_size")
             if config.down_at(t) is not None:

@@ -29,9 +29,12 @@ from .errors import NDAError
 
 DEFAULT_TIMESTEPS: tuple[int, ...] = (100, 200, 300, 400, 500)
 
-#: Default patch size. Provisional: to be replaced by the schedule the FMNIST-2 ablation selects
-#: (see docs/configuration.md for the evidence behind the current defaults).
-DEFAULT_PATCH_SIZE = 7
+#: The default patch-size schedule ("auto"): patch side as a fraction of the image side, per
+#: timestep. Chosen on the FMNIST-2 benchmark's calib split (16×16 images: P_t = 16 × fraction) by
+#: `benchmarks/ablate_nda.py`; the evidence and its limits are in docs/configuration.md. A timestep
+#: not in the table takes the value of the nearest one that is.
+AUTO_PATCH_FRACTION: dict[int, float] = {100: 9 / 16, 200: 9 / 16, 300: 15 / 16, 400: 15 / 16, 500: 15 / 16}
+DEFAULT_PATCH_SIZE = "auto"
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "cosine")
 BORDERS = ("match", "zero")
@@ -74,6 +77,18 @@ def _per_timestep(name: str, value: Any, timesteps: tuple[int, ...]) -> dict[int
     return {t: value for t in timesteps}
 
 
+def auto_patch_size(t: int, side: int) -> int:
+    """The "auto" patch side at timestep t for images whose shorter side is ``side`` pixels.
+
+    The odd integer nearest to AUTO_PATCH_FRACTION[t'] · side (t' the tabulated timestep nearest
+    to t; ties go to the smaller t'), at least 1 and at most ``side``.
+    """
+    t_near = min(AUTO_PATCH_FRACTION, key=lambda k: (abs(k - int(t)), k))
+    x = AUTO_PATCH_FRACTION[t_near] * int(side)
+    p = 2 * math.floor((x - 1) / 2 + 0.5) + 1
+    return int(max(1, min(p, side if side % 2 else side - 1)))
+
+
 def _is_int(x: Any) -> bool:
     return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
@@ -86,6 +101,8 @@ class NDAConfig:
         timesteps: diffusion timesteps t (0-based, as `DDPMScheduler.alphas_cumprod[t]`) whose
             per-timestep scores are averaged.
         patch_size: patch side P (int, or ``{t: P}``). Odd P gives H×W positions, even P (H-1)×(W-1).
+            "auto" (default): the schedule chosen by the project's ablation, scaled to the image
+            side (`auto_patch_size`, docs/configuration.md); resolved by `resolve(H, W)`.
         down_patch_size: patch side P′ of the second scale (2×2-block projection), even; None for
             one scale only. Int or ``{t: P′}`` (a None value in the dict disables it at that t).
         gamma: weight of the single scale, τ_t = γ·τ_single + (1-γ)·τ_down. None resolves to 1.0
@@ -151,7 +168,10 @@ class NDAConfig:
             )
         set_("timesteps", ts)
 
-        patch = _per_timestep("patch_size", self.patch_size, ts)
+        auto = isinstance(self.patch_size, str)
+        if auto and self.patch_size != "auto":
+            raise NDAError(f"patch_size must be 'auto', a positive integer or {{t: P}}; got {self.patch_size!r}")
+        patch = {} if auto else _per_timestep("patch_size", self.patch_size, ts)
         for t, p in patch.items():
             if not _is_int(p) or p < 1:
                 raise NDAError(f"patch_size must be a positive integer (t={t}: got {p!r})")
@@ -202,7 +222,7 @@ class NDAConfig:
             raise NDAError(f"memory_budget_mb must be an integer ≥ 16, got {self.memory_budget_mb!r}")
 
         # Normalise so that equal configs compare and serialise equally.
-        set_("patch_size", _compact({t: int(p) for t, p in patch.items()}))
+        set_("patch_size", "auto" if auto else _compact({t: int(p) for t, p in patch.items()}))
         set_("down_patch_size", _compact({t: (None if p is None else int(p)) for t, p in down.items()}))
         set_("gamma", _compact({t: float(g) for t, g in gamma.items()}))
         set_("topk", None if self.topk is None else int(self.topk))
@@ -216,7 +236,20 @@ class NDAConfig:
     # ------------------------------------------------------------------ per-timestep views
     def patch_at(self, t: int) -> int:
         """Patch size P_t of the single scale at timestep t."""
+        if self.patch_size == "auto":
+            raise NDAError("patch_size='auto' depends on the image size: use config.resolve(H, W) "
+                           "(NDAIndex does this when it sees the training images)")
         return self._patch[t]
+
+    def resolve(self, height: int, width: int) -> "NDAConfig":
+        """This config with patch_size='auto' replaced by the concrete sizes for H×W images.
+
+        Results always carry a resolved config, so they say which patch sizes produced them.
+        """
+        if self.patch_size != "auto":
+            return self
+        side = min(int(height), int(width))
+        return self.replace(patch_size={t: auto_patch_size(t, side) for t in self.timesteps})
 
     def down_at(self, t: int) -> int | None:
         """Patch size P′_t of the 2×2-block scale at timestep t (None: no second scale)."""
@@ -225,9 +258,6 @@ class NDAConfig:
     def gamma_at(self, t: int) -> float:
         """Weight γ_t of the single scale at timestep t."""
         return self._gamma[t]
-
-    def max_patch(self) -> int:
-        return max([*self._patch.values(), *(p for p in self._down.values() if p is not None)])
 
     def alpha_bar(self) -> np.ndarray:
         """ᾱ_t for t = 0..num_train_timesteps-1, float64, (num_train_timesteps,)."""

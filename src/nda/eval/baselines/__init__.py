@@ -11,8 +11,8 @@ Importing this package registers, in :data:`nda.eval.cli_bench.METHODS` (each
 ``trak-10/-100``          TRAK, output = denoising loss, 10 / 100 timesteps (:mod:`.trak`)
 ``dtrak-10/-100``         D-TRAK, output = mean(ε_θ²), 10 / 100 timesteps
 ``nda``                   NDA, default :class:`nda.NDAConfig` (registered by cli_bench)
-``nda-single``            NDA, one scale, patch size chosen on calib (:data:`NDA_SINGLE`)
-``nda-two``               NDA, two scales, γ = 0.5, sizes chosen on calib (:data:`NDA_TWO`)
+``nda-single``            NDA, one scale, one patch size chosen on calib (:data:`NDA_SINGLE`)
+``nda-two``               NDA, two scales, (P, P′, γ) chosen on calib (:data:`NDA_TWO`)
 ========================  ==================================================================
 
 The Python API: :func:`pixel_scores`, :func:`embedding_scores` (+ :class:`UNetFeatureEncoder`),
@@ -28,13 +28,11 @@ from .embedding import Encoder, FunctionEncoder, PixelEncoder, UNetFeatureEncode
 from .pixel import pixel_scores, similarity
 from .trak import ChunkedProjector, featurize, per_sample_grads, trak_scores_from_features
 
-# NDA variants. PROVISIONAL: fmnist2 had no finished subset models when these were set, so they
-# are not yet tuned on calib; they scale the paper's 32×32 choices (P 5–9 at low noise) to 16×16.
-# Re-derive them with tune_nda(load("fmnist2")) once the build has models (docs/baselines.md).
-NDA_SINGLE = {"patch_size": 5}
-NDA_TWO = {"patch_size": 5, "down_patch_size": 6, "gamma": 0.5}
-NDA_SINGLE_GRID = tuple({"patch_size": p} for p in (3, 5, 7, 9))
-NDA_TWO_GRID = tuple({"patch_size": p, "down_patch_size": pd, "gamma": 0.5} for p in (3, 5, 7) for pd in (4, 6, 8))
+# NDA variants, chosen on fmnist2's calib split by benchmarks/ablate_nda.py (docs/configuration.md):
+# the best patch size constant over the default timesteps, and the best constant two-scale setting.
+# The default config ("nda") uses the best non-decreasing per-timestep schedule (NDAConfig "auto").
+NDA_SINGLE = {"patch_size": 11}
+NDA_TWO = {"patch_size": 15, "down_patch_size": 10, "gamma": 0.25}
 
 BASELINES = (
     "random", "pixel-dot", "pixel-cos", "embed-dot", "embed-cos",
@@ -118,32 +116,11 @@ def _nda(base: dict):
     return fn
 
 
-def tune_nda(bench, grid=None, split: str = "calib") -> list:
-    """calib LDS of every NDA config in ``grid`` (default: both variant grids), best first.
-
-    Tuning happens on ``calib`` only; pass the winner as ``--config`` or update NDA_SINGLE / NDA_TWO.
-    """
-    import nda
-
-    from ..lds import lds
-
-    if split in ("val", "gen"):
-        raise ValueError("tune on calib, not on the reported splits")
-    if bench.n_models < 3:
-        raise ValueError(f"benchmark {bench.name!r} has {bench.n_models} subset models; tuning needs at least 3")
-    grid = list(grid) if grid is not None else list(NDA_SINGLE_GRID) + list(NDA_TWO_GRID)
-    rows = []
-    for cfg in grid:
-        s = nda.score(bench.train, bench.queries[split], nda.NDAConfig.from_dict(cfg))
-        rows.append({"config": cfg, "lds": float(lds(s, bench.subsets, bench.outputs[split], n_boot=0).mean)})
-    return sorted(rows, key=lambda r: -r["lds"])
-
-
 register_method("nda-single", _nda(NDA_SINGLE))
 register_method("nda-two", _nda(NDA_TWO))
 
 __all__ = [
     "METHODS", "BASELINES", "NDA_SINGLE", "NDA_TWO", "Encoder", "FunctionEncoder", "PixelEncoder",
     "UNetFeatureEncoder", "embedding_scores", "pixel_scores", "similarity", "ChunkedProjector",
-    "featurize", "per_sample_grads", "trak_scores_from_features", "bench_encoder", "tune_nda",
+    "featurize", "per_sample_grads", "trak_scores_from_features", "bench_encoder",
 ]
