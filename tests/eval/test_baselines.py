@@ -180,8 +180,9 @@ def tiny_bench(tmp_path_factory):
 def test_end_to_end_all_methods(tiny_bench):
     b, root = tiny_bench
     cfg = {"cache_dir": str(root / "cache"), "k_max": 64}
-    light = {"nda": {"patch_size": 3, "timesteps": [100, 300]}, "nda-single": {"timesteps": [100, 300]},
-             "nda-two": {"timesteps": [100, 300]}}
+    # 8×8 images: the variants' fmnist2 patch sizes (11, 15) do not fit, so they are overridden
+    light = {"nda": {"patch_size": 3, "timesteps": [100, 300]}, "nda-single": {"timesteps": [100, 300], "patch_size": 5},
+             "nda-two": {"timesteps": [100, 300], "patch_size": 5, "down_patch_size": 4}}
     results = {}
     for name in BL.BASELINES:
         if name.endswith("-100"):
@@ -217,7 +218,7 @@ def test_lds_table_script(tiny_bench, tmp_path, capsys):
     spec.loader.exec_module(mod)
     out = tmp_path / "t.json"
     rc = mod.main(["--benchmark", "micro", "--root", str(b.root), "--methods", "random,pixel-cos,nda-single",
-                   "--n-boot", "10", "--json", str(out), "--config", json.dumps({"timesteps": [100, 300]})])
+                   "--n-boot", "10", "--json", str(out), "--config", json.dumps({"timesteps": [100, 300], "patch_size": 5})])
     assert rc == 0
     text = capsys.readouterr().out
     assert "6 of 6" in text and "| pixel-cos |" in text and "× NDA time" in text
