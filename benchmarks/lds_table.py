@@ -116,6 +116,7 @@ def main(argv=None):
     ap.add_argument("--n-boot", type=int, default=None)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--config", default=None, help="JSON dict of method options passed to every method")
+    ap.add_argument("--jobs", type=int, default=1, help="methods run side by side (default 1: one at a time)")
     ap.add_argument("--json", dest="json_out", default=None, help="write all results to this JSON file")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -140,8 +141,7 @@ def main(argv=None):
         return 2
     splits = [s for s in ("val", "gen", "calib") if s in b.queries]
     print(f"# {b!r}", file=sys.stderr)
-    results = []
-    for m in methods:
+    def run(m):
         cmd = [sys.executable, os.path.abspath(__file__), "--one", m, "--benchmark", args.benchmark, "--n-boot", str(args.n_boot),
                "--threads", str(args.threads)]
         if args.root:
@@ -153,18 +153,25 @@ def main(argv=None):
         line = next((ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if p.returncode != 0 or line is None:
             err = (p.stderr.strip().splitlines() or ["failed"])[-1]
-            results.append({"method": m, "error": err})
-            print(f"  {m}: FAILED ({err})", file=sys.stderr)
-            continue
+            print(f"  {m}: FAILED ({err})", file=sys.stderr, flush=True)
+            return {"method": m, "error": err}
         r = json.loads(line[len("RESULT "):])
-        results.append(r)
-        print(f"  {m}: " + ", ".join(f"{s} {100 * v['lds']:.1f}" for s, v in r["splits"].items()) + f"  ({time.time() - t0:.0f}s)", file=sys.stderr)
+        print(f"  {m}: " + ", ".join(f"{s} {100 * v['lds']:.1f}" for s, v in r["splits"].items()) + f"  ({time.time() - t0:.0f}s)",
+              file=sys.stderr, flush=True)
+        return r
+
+    # --jobs > 1 runs methods side by side (each in its own process, so peak RSS stays per method;
+    # wall times then include contention for the cores)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        results = list(pool.map(run, methods))
     table = fmt_table(results, args.benchmark, b.n_models, len(b.all_subsets), splits)
     print(table)
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump({"benchmark": args.benchmark, "n_models": b.n_models, "n_subsets_total": int(len(b.all_subsets)),
-                       "argv": sys.argv[1:], "results": results}, f, indent=1)
+                       "argv": sys.argv[1:] if argv is None else list(argv), "jobs": args.jobs, "results": results}, f, indent=1)
     return 0
 
 

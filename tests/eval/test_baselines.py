@@ -218,7 +218,7 @@ def test_lds_table_script(tiny_bench, tmp_path, capsys):
     spec.loader.exec_module(mod)
     out = tmp_path / "t.json"
     rc = mod.main(["--benchmark", "micro", "--root", str(b.root), "--methods", "random,pixel-cos,nda-single",
-                   "--n-boot", "10", "--json", str(out), "--config", json.dumps({"timesteps": [100, 300], "patch_size": 5})])
+                   "--n-boot", "10", "--jobs", "2", "--json", str(out), "--config", json.dumps({"timesteps": [100, 300], "patch_size": 5})])
     assert rc == 0
     text = capsys.readouterr().out
     assert "6 of 6" in text and "| pixel-cos |" in text and "× NDA time" in text
