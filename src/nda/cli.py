@@ -63,12 +63,14 @@ def _parse_timesteps(value: str | None) -> tuple[int, ...] | None:
 
 
 def _parse_size_table(value: str | None, name: str) -> Any:
-    """'7' → 7; '100:5,200:7' → {100: 5, 200: 7}; 'none' → None."""
+    """'7' → 7; '100:5,200:7' → {100: 5, 200: 7}; 'none' → "none"; 'auto' → "auto"."""
     if value is None:
         return None
     v = value.strip().lower()
     if v in ("none", "off"):
         return "none"
+    if v == "auto":
+        return "auto"
     try:
         if ":" in v:
             return {int(a): (None if b in ("none", "off") else int(b)) for a, b in (kv.split(":") for kv in v.split(","))}
@@ -82,7 +84,7 @@ def config_options(f):
     opts = [
         click.option("--config", "config_path", type=click.Path(dir_okay=False), help="NDAConfig as JSON (flags override it)."),
         click.option("--timesteps", help="Comma-separated timesteps, e.g. 100,200,300,400,500."),
-        click.option("--patch-size", help="Patch side P, or a per-timestep table like 100:5,300:9."),
+        click.option("--patch-size", help="Patch side P, a per-timestep table like 100:5,300:9, or 'auto' (default)."),
         click.option("--down-patch-size", help="Even patch side of the 2×2-block scale (or a table; 'none' = off)."),
         click.option("--gamma", type=float, help="Weight of the single scale (1.0 = single scale only)."),
         click.option("--topk", help="Top-k weights per (query position, training image); 'none' keeps all."),
