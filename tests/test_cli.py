@@ -39,6 +39,8 @@ def test_config_file_and_flags(tmp_path):
     cfg.write_text(run("config", "--patch-size", "100:3,200:5", "--timesteps", "100,200").stdout)
     d = json.loads(run("config", "--config", str(cfg), "--down-patch-size", "4").stdout)
     assert d["patch_size"] == {"100": 3, "200": 5} and d["down_patch_size"] == 4 and d["gamma"] == 0.5
+    assert json.loads(run("config").stdout)["patch_size"] == "auto"  # the default, resolved per image size
+    assert json.loads(run("config", "--config", str(cfg), "--patch-size", "auto").stdout)["patch_size"] == "auto"
 
 
 @pytest.mark.parametrize("args,needle", [
