@@ -194,9 +194,9 @@ def demo_cmd(out_dir: str, k: int, progress: bool) -> None:
     from .demo import load_demo
 
     data = load_demo()
-    cfg = NDAConfig(patch_size=5)
+    cfg = NDAConfig().resolve(*data.train.shape[-2:])  # the default config, sizes made explicit
     click.echo(f"NDA demo: {len(data.queries)} queries × {len(data.train)} training images "
-               f"(Fashion-MNIST, 16×16), config: patch_size={cfg.patch_size}, topk={cfg.topk}, "
+               f"(Fashion-MNIST, 16×16), default config: patch_size={cfg.patch_size} (auto), topk={cfg.topk}, "
                f"timesteps={list(cfg.timesteps)}")
     result = NDAIndex.build(data.train, cfg).attribute(data.queries, progress=progress)
     out = Path(out_dir)
