@@ -33,7 +33,7 @@ DEFAULT_TIMESTEPS: tuple[int, ...] = (100, 200, 300, 400, 500)
 #: timestep. Chosen on the FMNIST-2 benchmark's calib split (16×16 images: P_t = 16 × fraction) by
 #: `benchmarks/ablate_nda.py`; the evidence and its limits are in docs/configuration.md. A timestep
 #: not in the table takes the value of the nearest one that is.
-AUTO_PATCH_FRACTION: dict[int, float] = {100: 9 / 16, 200: 9 / 16, 300: 15 / 16, 400: 15 / 16, 500: 15 / 16}
+AUTO_PATCH_FRACTION: dict[int, float] = {100: 7 / 16, 200: 9 / 16, 300: 13 / 16, 400: 13 / 16, 500: 15 / 16}
 DEFAULT_PATCH_SIZE = "auto"
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "cosine")

@@ -32,7 +32,7 @@ from .trak import ChunkedProjector, featurize, per_sample_grads, trak_scores_fro
 # the best patch size constant over the default timesteps, and the best constant two-scale setting.
 # The default config ("nda") uses the best non-decreasing per-timestep schedule (NDAConfig "auto").
 NDA_SINGLE = {"patch_size": 11}
-NDA_TWO = {"patch_size": 15, "down_patch_size": 10, "gamma": 0.25}
+NDA_TWO = {"patch_size": 7, "down_patch_size": 12, "gamma": 0.5}
 
 BASELINES = (
     "random", "pixel-dot", "pixel-cos", "embed-dot", "embed-cos",
