@@ -205,17 +205,24 @@ def test_end_to_end_all_methods(tiny_bench):
     assert e1.shape == (len(b.queries["val"]), len(b.train))
 
 
-@pytest.mark.slow
-def test_lds_table_script(tiny_bench, tmp_path, capsys):
+def load_benchmark_script(name: str):
+    """Import benchmarks/<name>.py (the scripts are not part of the package)."""
     import importlib.util
-    import json
     from pathlib import Path
 
-    b, root = tiny_bench
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "lds_table.py"
-    spec = importlib.util.spec_from_file_location("lds_table", path)
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.slow
+def test_lds_table_script(tiny_bench, tmp_path, capsys):
+    import json
+
+    b, root = tiny_bench
+    mod = load_benchmark_script("lds_table")
     out = tmp_path / "t.json"
     rc = mod.main(["--benchmark", "micro", "--root", str(b.root), "--methods", "random,pixel-cos,nda-single",
                    "--n-boot", "10", "--jobs", "2", "--json", str(out), "--config", json.dumps({"timesteps": [100, 300], "patch_size": 5})])
@@ -230,17 +237,12 @@ def test_lds_table_script(tiny_bench, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_ablation_script(tiny_bench, tmp_path, capsys):
-    import importlib.util
     import json
-    from pathlib import Path
 
     import nda
 
     b, root = tiny_bench
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "ablate_nda.py"
-    spec = importlib.util.spec_from_file_location("ablate_nda", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark_script("ablate_nda")
     out = mod.main(["--benchmark", "micro", "--root", str(b.root), "--quick", "--splits", "calib,val", "--full-grid",
                     "--cache", str(tmp_path / "cache"), "--n-boot", "10", "--json", str(tmp_path / "a.json"),
                     "--plot", str(tmp_path / "a.png")])
