@@ -70,6 +70,9 @@ def run_one(args) -> dict:
         cached = all(e["cached"] for e in TR.FEATURE_LOG)
         fresh_s = sum(float(e["seconds"] or 0) for e in files.values() if not e["cached"])
         out["feature_seconds_cold"] = round(feat_s, 2)
+        cpu = [e.get("cpu_seconds") for e in files.values()]
+        # process CPU time of the same passes (None where a cache file predates it)
+        out["feature_cpu_seconds_cold"] = None if any(c is None for c in cpu) else round(sum(cpu), 2)
         out["features_cached"] = cached
         # scoring time proper = this run's time minus the features computed during it
         out["seconds"] = round(feat_s + max(score_s - fresh_s, 0.0), 2)

@@ -286,3 +286,4 @@ def test_trak_features_resume_by_parts(tiny_bench, tmp_path, monkeypatch):
     # features do not depend on the partition (up to float32 GEMM rounding of other batch sizes)
     np.testing.assert_allclose(parts, whole, rtol=1e-4, atol=1e-5)
     assert meta["n_images"] == 7 and not list((tmp_path / "b").rglob("*.part*"))
+    assert meta["cpu_seconds"] > 0 and meta["seconds"] > 0  # summed over the parts, the reused one included

@@ -313,7 +313,7 @@ def bench_features(bench, images, n_t: int, output: str, config: dict | None = N
         path = None if root is None else root / bench.name / f"trak_{msha}_{isha}_{sha(np.zeros(0), extra=proto)}.npz"
         hit = load_cached(path)
         if hit is not None and f"{want_set}__{output}" in hit:
-            FEATURE_LOG.append({"images_sha": isha, "cached": True, "file": path.name, **{k: hit["meta"].get(k) for k in ("seconds", "peak_rss_mb", "threads")}})
+            FEATURE_LOG.append({"images_sha": isha, "cached": True, "file": path.name, **{k: hit["meta"].get(k) for k in ("seconds", "cpu_seconds", "peak_rss_mb", "threads")}})
             return hit[f"{want_set}__{output}"], hit["meta"]
     proto = _protocol(n_t, noise_seed, proj_seed, k_max)
     path = None if root is None else root / bench.name / f"trak_{msha}_{isha}_{sha(np.zeros(0), extra=proto)}.npz"
@@ -325,12 +325,12 @@ def bench_features(bench, images, n_t: int, output: str, config: dict | None = N
     # do not depend on which part it is in (the noise is per timestep, the projector is seeded).
     part = int(config.get("part_images", 128))
     n = len(images)
-    chunks, seconds, peak = [], 0.0, 0.0
+    chunks, seconds, cpu_seconds, peak = [], 0.0, 0.0, 0.0
     for i, s0 in enumerate(range(0, n, part)):
         ppath = None if path is None else path.with_name(f"{path.stem}.part{i:03d}-{min(n, s0 + part)}.npz")
         hit = load_cached(ppath)
         if hit is None:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
 
             def prog(done, total, el, s0=s0, t0=t0):
                 if log is not None:
@@ -341,10 +341,12 @@ def bench_features(bench, images, n_t: int, output: str, config: dict | None = N
             f = featurize(model, images[s0 : s0 + part], proto["sets"], OUTPUTS, k=k_max, proj_seed=proj_seed,
                           noise_seed=noise_seed, batch_size=int(config.get("batch_size", 32)), progress=prog)
             hit = {f"{s}__{o}": v for (s, o), v in f.items()}
-            hit["meta"] = {"seconds": round(time.perf_counter() - t0, 2),
+            # wall and process CPU time: the CPU figure stays meaningful on a shared machine
+            hit["meta"] = {"seconds": round(time.perf_counter() - t0, 2), "cpu_seconds": round(time.process_time() - c0, 2),
                            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
             save_cached(ppath, hit["meta"], **{k: v for k, v in hit.items() if k != "meta"})
         seconds += float(hit["meta"].get("seconds", 0.0))
+        cpu_seconds += float(hit["meta"].get("cpu_seconds", float("nan")))  # NaN: a part from before CPU time was kept
         peak = max(peak, float(hit["meta"].get("peak_rss_mb", 0.0)))
         chunks.append(hit)
     feats = {(s, o): np.concatenate([c[f"{s}__{o}"] for c in chunks]) for s in proto["sets"] for o in OUTPUTS}
@@ -355,6 +357,7 @@ def bench_features(bench, images, n_t: int, output: str, config: dict | None = N
         "n_images": int(n),
         "n_params": int(sum(p.numel() for p in model.parameters())),
         "seconds": round(seconds, 2),  # summed over parts, possibly computed in earlier runs
+        "cpu_seconds": None if math.isnan(cpu_seconds) else round(cpu_seconds, 2),
         "threads": torch.get_num_threads(),
         "peak_rss_mb": peak,
     }
@@ -363,7 +366,7 @@ def bench_features(bench, images, n_t: int, output: str, config: dict | None = N
         for ppath in path.parent.glob(f"{path.stem}.part*.npz"):
             ppath.unlink(missing_ok=True)
     FEATURE_LOG.append({"images_sha": isha, "cached": False, "file": None if path is None else path.name,
-                        **{k: meta[k] for k in ("seconds", "peak_rss_mb", "threads")}})
+                        **{k: meta[k] for k in ("seconds", "cpu_seconds", "peak_rss_mb", "threads")}})
     return feats[(want_set, output)], meta
 
 
