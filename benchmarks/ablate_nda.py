@@ -125,7 +125,7 @@ def ascend(grid: Grid, sched: dict, options_at, rounds: int = 3) -> dict:
         improved = False
         for t in list(sched):
             for opt in options_at(t, sched[t]):
-                if opt == sched[t]:
+                if opt == sched[t]:  # options may include the current setting
                     continue
                 trial = {**sched, t: opt}
                 v = grid.lds(trial).mean
@@ -192,7 +192,11 @@ def main(argv=None) -> dict:
 
     # 3. choices on calib
     cands = {}
-    cands["default (NDAConfig())"] = None  # evaluated by nda.score below
+    # the default config as a schedule on the grid (its "auto" sizes for these images); nda.score
+    # only where its timesteps are off the grid
+    dflt = nda.NDAConfig().resolve(*b.train.shape[-2:])
+    on_grid = set(dflt.timesteps) <= set(t_grid)
+    cands["default (NDAConfig())"] = {t: (dflt.patch_at(t), None, 1.0) for t in dflt.timesteps} if on_grid else None
     const_lds = {p: g.lds(const(default_t, p)).mean for p in single}
     p0 = max(const_lds, key=const_lds.get)
     cands[f"constant P={p0}"] = const(default_t, p0)
@@ -204,14 +208,14 @@ def main(argv=None) -> dict:
     mono = max((g.lds({t: (p, None, 1.0) for t, p in zip(default_t, ps)}).mean, ps)
                for ps in itertools.combinations_with_replacement(single, len(default_t)))
     cands["non-decreasing P_t (exhaustive)"] = {t: (p, None, 1.0) for t, p in zip(default_t, mono[1])}
-    sched = ascend(g, const(default_t, p0), lambda t, cur: [(p, None, 1.0) for p in single if p != cur[0]])
+    sched = ascend(g, const(default_t, p0), lambda t, cur: [(p, None, 1.0) for p in single])
     cands["per-timestep P_t"] = sched
     # timestep set: each candidate set with the per-t best P of the schedule (nearest t where new)
     best_p_at = {t: single[int(np.argmax(heat["calib"]["single"][i]))] for i, t in enumerate(t_grid)}
     t_rows = []
     for ts in t_cands:
         s_t = {t: sched.get(t, (best_p_at[t], None, 1.0)) for t in ts}
-        s_t = ascend(g, s_t, lambda t, cur: [(p, None, 1.0) for p in single if p != cur[0]])
+        s_t = ascend(g, s_t, lambda t, cur: [(p, None, 1.0) for p in single])
         t_rows.append((g.lds(s_t).mean, ts, s_t))
     best_ts = max(t_rows, key=lambda r: r[0])
     cands["per-timestep P_t, timesteps chosen"] = best_ts[2]
@@ -223,20 +227,20 @@ def main(argv=None) -> dict:
 
     def two_opts(t, cur):
         opts = [(cur[0], pd, gm) for pd in down for gm in GAMMAS] + [(p, cur[1], cur[2]) for p in single]
-        return [o if o[2] < 1 else (o[0], None, 1.0) for o in opts + [(cur[0], None, 1.0)] if o != cur]
+        return [o if o[2] < 1 else (o[0], None, 1.0) for o in opts + [(cur[0], None, 1.0)]]
 
     two = ascend(g, start, two_opts)
     cands["two scales (P_t, P′_t, γ_t)"] = two
 
-    # 4. every candidate on every split, with CIs; the default through nda.score itself
+    # 4. every candidate on every split, with CIs
     from nda.eval.lds import lds
 
     rows = []
     for name, sch in cands.items():
-        row = {"name": name, "config": to_config(sch) if sch is not None else nda.NDAConfig().to_dict(), "splits": {}}
+        row = {"name": name, "config": to_config(sch) if sch is not None else dflt.to_dict(), "splits": {}}
         for s in splits:
             if sch is None:
-                sc = nda.score(b.train, b.queries[s], nda.NDAConfig())
+                sc = nda.score(b.train, b.queries[s], dflt)
                 r = lds(sc, b.subsets, b.outputs[s], n_boot=a.n_boot, seed=0)
             else:
                 r = grids[s].lds(sch, n_boot=a.n_boot)
